@@ -1,0 +1,221 @@
+"""The `unlearnable` command. Thin: parses arguments, calls the core, prints the result.
+
+Exit codes: 0 success, 1 some inputs failed (the rest were processed), 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UnlearnableError
+from .files import atomic_write_text
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _parse_range(text: str) -> tuple[int, int | None]:
+    low, _, high = text.partition(":")
+    try:
+        return int(low or 0), (int(high) if high else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--t-range expects MIN:MAX timesteps, got {text!r}") from None
+
+
+def _tqdm_factory(enabled: bool, unit: str):
+    from tqdm.auto import tqdm
+
+    def factory(total: int):
+        bar = tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True)
+        return bar.update
+
+    return factory
+
+
+def cmd_protect(args) -> int:
+    from .protect import ProtectSettings, protect_files
+    from .surrogates import load_surrogate
+
+    settings = ProtectSettings(
+        method=args.method,
+        budget=args.budget,
+        steps=args.steps,
+        step_size=args.step_size,
+        prompt=args.prompt,
+        timesteps=args.timesteps,
+        t_min=args.t_range[0],
+        t_max=args.t_range[1],
+        robust=tuple(r for r in args.robust.split(",") if r) if args.robust else (),
+        noise_samples=args.noise_samples,
+        method_options=dict(args.set or []),
+        batch_size=args.batch_size,
+        tile_size=args.tile_size,
+        low_memory=args.low_memory,
+        seed=args.seed,
+    )
+    surrogate = load_surrogate(args.model, args.device, config_dir=args.config)
+    if surrogate.demo_only:
+        print(
+            f"warning: {args.model} is an untrained demo model: the output shows what protection does, "
+            "but does not protect against real Stable Diffusion. Use --model with an SD checkpoint.",
+            file=sys.stderr,
+        )
+    summary = protect_files(
+        args.inputs,
+        args.out,
+        surrogate,
+        settings,
+        fmt=args.format,
+        quality=args.quality,
+        mask=args.mask,
+        progress_factory=_tqdm_factory(not args.no_progress, "tile-step"),
+    )
+    report = summary.to_dict()
+    atomic_write_text(Path(args.out) / "protect-summary.json", json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for outcome in summary.outcomes:
+            if outcome.status == "protected":
+                print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}")
+            elif outcome.status == "skipped":
+                print(f"skipped    {outcome.output}  (already protected with these settings)")
+        totals = report["totals"]
+        print(
+            f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
+            f"in {totals['seconds']:.1f} s; summary: {Path(args.out) / 'protect-summary.json'}"
+        )
+    for outcome in summary.failed:
+        print(f"error: {outcome.source}: {outcome.error}", file=sys.stderr)
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def cmd_methods(args) -> int:
+    import inspect
+
+    from .protect.objectives import OBJECTIVES
+    from .protect.timesteps import SCHEDULES
+    from .protect.transforms import ROBUSTNESS_TRANSFORMS
+
+    for name, cls in OBJECTIVES.items():
+        print(f"== {name} ==\n{inspect.cleandoc(cls.__doc__ or '')}\n")
+    print("timestep schedules (--timesteps):", ", ".join(SCHEDULES))
+    print("robustness transforms (--robust):", ", ".join(ROBUSTNESS_TRANSFORMS))
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import diffusers
+    import torch
+
+    from .surrogates import BUILTIN_MODELS
+
+    print(f"unlearnable {__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}")
+    print(f"cuda available: {torch.cuda.is_available()}")
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        print(f"  cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GiB")
+    mps = getattr(torch.backends, "mps", None)
+    print(f"mps available: {bool(mps and mps.is_available())}")
+    print("built-in models:")
+    for name, text in BUILTIN_MODELS.items():
+        print(f"  {name}: {text}")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    if args.which == "overhead":
+        from .bench.overhead import main as overhead_main
+
+        return overhead_main(args)
+    raise UnlearnableError(f"unknown benchmark {args.which!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearnable", description="Protect images against diffusion-model training, and trace it.")
+    parser.add_argument("--version", action="version", version=f"unlearnable {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    protect = sub.add_parser("protect", help="add an unlearnable perturbation to images", description=cmd_protect.__doc__)
+    protect.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    protect.add_argument("--out", required=True, help="output folder (created; never the input folder)")
+    protect.add_argument("--method", default="eudp", help="eudp (default), udp, advdm, encoder, mist, aspl; see `unlearnable methods`")
+    protect.add_argument("--budget", type=float, default=8.0, help="L-infinity budget in 0-255 levels (default 8)")
+    protect.add_argument("--steps", type=int, default=100, help="PGD steps per tile (default 100)")
+    protect.add_argument("--step-size", type=float, default=None, help="PGD step in 0-255 levels (default 2.5*budget/steps)")
+    protect.add_argument("--model", default="builtin:tiny", help="diffusers folder, .safetensors checkpoint, or builtin:tiny (demo only; default)")
+    protect.add_argument("--config", default=None, help="diffusers config folder for a single-file checkpoint (offline loading)")
+    protect.add_argument("--prompt", default="", help="conditioning prompt for text-to-image models")
+    protect.add_argument("--mask", default=None, help="mask image (white = protect) or a folder of masks named like the inputs")
+    protect.add_argument("--robust", default="", help="comma list of jpeg,resize,blur to survive (slower, stronger against recompression)")
+    protect.add_argument("--timesteps", default=None, help="timestep schedule: uniform, survival, survival-squared, truncated (default: the method's)")
+    protect.add_argument("--t-range", type=_parse_range, default=(0, None), help="MIN:MAX timesteps to sample from")
+    protect.add_argument("--noise-samples", type=int, default=1, help="Monte-Carlo draws per PGD step (default 1)")
+    protect.add_argument("--set", type=_parse_option, action="append", metavar="KEY=VALUE", help="method option, e.g. --set sign=max")
+    protect.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    protect.add_argument("--batch-size", type=int, default=4, help="tiles optimised together (default 4)")
+    protect.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default: the model's native resolution)")
+    protect.add_argument("--low-memory", action="store_true", help="gradient checkpointing: less memory, about a third slower")
+    protect.add_argument("--seed", type=int, default=0)
+    protect.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output format (default png, lossless)")
+    protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    protect.add_argument("--json", action="store_true", help="print the JSON summary to stdout")
+    protect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    protect.set_defaults(func=cmd_protect)
+
+    sub.add_parser("methods", help="list protection methods and their options").set_defaults(func=cmd_methods)
+    sub.add_parser("info", help="print versions and devices").set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("which", choices=["overhead"], help="overhead: engine step time versus a bare forward+backward")
+    bench.add_argument("--model", default="builtin:tiny")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--batch-size", type=int, default=2)
+    bench.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's native resolution)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--method", default="advdm", help="objective timed (default advdm: same work as the bare step)")
+    bench.add_argument("--low-memory", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UnlearnableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Shared fixtures: real photographs shipped inside scikit-image / scikit-learn, tiny real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
+
+
+def skimage_data_dir() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+def real_photo(name: str = "astronaut.png") -> np.ndarray:
+    from shared_core.images import load_image
+
+    return load_image(skimage_data_dir() / name).rgb
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[np.ndarray]:
+    return [real_photo(name) for name in SKIMAGE_PHOTOS]
+
+
+@pytest.fixture
+def photo_folder(tmp_path, photos) -> Path:
+    """A folder of real photo crops at assorted sizes and formats, with a subfolder."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    sizes = [(96, 80), (70, 130), (64, 64)]
+    for index, (photo, (h, w)) in enumerate(zip(photos, sizes)):
+        Image.fromarray(photo[:h, :w]).save(folder / f"photo{index}.png")
+    Image.fromarray(photos[3][100:172, 100:172]).save(folder / "sub" / "rocket.jpg", quality=92)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_surrogate():
+    """A Stable-Diffusion-shaped surrogate at 64 px (8x8 latents): every code path, in milliseconds."""
+    from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate
+    from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
+
+    pipeline = tiny_sd_pipeline(TinyLatentConfig(resolution=64))
+    return LatentDiffusersSurrogate(pipeline, "test:tiny64", torch.device("cpu"), demo_only=True)
+
+
+@pytest.fixture(scope="session")
+def photo_batch(photos) -> torch.Tensor:
+    """Two real 64x64 photo crops as a [2, 3, 64, 64] batch in [0, 1]."""
+    from shared_core.images import rgb_to_tensor
+
+    return torch.stack([rgb_to_tensor(photos[0][40:104, 200:264]), rgb_to_tensor(photos[1][60:124, 120:184])])

@@ -1,0 +1,144 @@
+"""Each objective does what it claims on a tiny real-diffusers surrogate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared_core.protect import ProtectSettings, craft_perturbation, make_objective
+from shared_core.protect.objectives.targets import target_pixels
+
+EPS = 8 / 255
+
+
+def fixed_loss(surrogate, pixels, params=None, draws=32, seed=123, schedule="uniform"):
+    """Denoising loss averaged over a fixed set of (t, noise) draws: comparable across inputs."""
+    from shared_core.protect.timesteps import TimestepSampler
+
+    generator = torch.Generator().manual_seed(seed)
+    conditioning = surrogate.encode_prompts([""] * pixels.shape[0])
+    timesteps_drawn = TimestepSampler(schedule, surrogate.alphas_cumprod).sample(draws, generator)
+    with torch.no_grad():
+        z0 = surrogate.encode(pixels)
+        total = 0.0
+        for t in timesteps_drawn:
+            noise = torch.randn(z0.shape, generator=generator)
+            timesteps = torch.full((z0.shape[0],), int(t))
+            total += surrogate.denoising_loss(z0, timesteps, noise, conditioning, params).mean().item()
+    return total / draws
+
+
+def attack(surrogate, images, method, steps=20, objective=None, **options):
+    settings = ProtectSettings(method=method, steps=steps, budget=8, method_options=options, seed=1)
+    objective = objective or make_objective(method, options)
+    result = craft_perturbation(surrogate, images, settings, objective=objective)
+    return result, objective
+
+
+def check_budget(images, delta):
+    assert delta.abs().max().item() <= EPS + 1e-6
+    protected = images + delta
+    assert protected.min().item() >= -1e-6 and protected.max().item() <= 1 + 1e-6
+
+
+def test_advdm_raises_the_denoising_loss(tiny_surrogate, photo_batch):
+    result, _ = attack(tiny_surrogate, photo_batch, "advdm", steps=25)
+    check_budget(photo_batch, result.delta)
+    noise = torch.sign(torch.randn(photo_batch.shape, generator=torch.Generator().manual_seed(5))) * EPS
+    clean = fixed_loss(tiny_surrogate, photo_batch)
+    random = fixed_loss(tiny_surrogate, (photo_batch + noise).clamp(0, 1))
+    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta)
+    assert protected - clean > 3 * abs(random - clean), (clean, random, protected)
+
+
+def test_udp_min_lowers_the_loss_of_the_model_trained_on_it(tiny_surrogate, photo_batch):
+    result, objective = attack(tiny_surrogate, photo_batch, "udp", steps=20, sign="min", inner_lr=1e-3, inner_every=5)
+    check_budget(photo_batch, result.delta)
+    clean = fixed_loss(tiny_surrogate, photo_batch, objective.params)
+    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params)
+    assert protected < clean, (clean, protected)
+    assert not objective.maximise
+
+
+def test_udp_max_raises_the_loss_of_the_model_trained_on_it(tiny_surrogate, photo_batch):
+    result, objective = attack(tiny_surrogate, photo_batch, "udp", steps=20, sign="max", inner_lr=1e-3, inner_every=5)
+    clean = fixed_loss(tiny_surrogate, photo_batch, objective.params)
+    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params)
+    assert protected > clean, (clean, protected)
+
+
+def test_eudp_samples_timesteps_where_the_perturbation_survives(tiny_surrogate, photo_batch):
+    from shared_core.protect.timesteps import TimestepSampler
+
+    objective = make_objective("eudp")
+    assert objective.default_schedule == "survival"
+    sampler = TimestepSampler("survival", tiny_surrogate.alphas_cumprod)
+    draws = sampler.sample(4000, torch.Generator().manual_seed(0))
+    assert draws.float().mean() < 999 / 2 - 60  # weighted toward small t (large sqrt(abar_t))
+    result, objective = attack(tiny_surrogate, photo_batch, "eudp", steps=20, objective=objective, inner_lr=1e-3, inner_every=5)
+    check_budget(photo_batch, result.delta)
+    clean = fixed_loss(tiny_surrogate, photo_batch, objective.params, schedule="survival")
+    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params, schedule="survival")
+    assert protected < clean, (clean, protected)
+
+
+def test_encoder_attack_moves_the_latent_toward_its_target(tiny_surrogate, photo_batch):
+    result, _ = attack(tiny_surrogate, photo_batch, "encoder", steps=20, target="gray")
+    check_budget(photo_batch, result.delta)
+    with torch.no_grad():
+        target = tiny_surrogate.encode(target_pixels("gray", photo_batch))
+        before = (tiny_surrogate.encode(photo_batch) - target).pow(2).mean()
+        after = (tiny_surrogate.encode(photo_batch + result.delta) - target).pow(2).mean()
+    assert after < before * 0.95, (before, after)
+
+
+def test_mist_raises_semantic_and_lowers_textural_loss(tiny_surrogate, photo_batch):
+    result, objective = attack(tiny_surrogate, photo_batch, "mist", steps=25, textural_weight=1.0)
+    check_budget(photo_batch, result.delta)
+    with torch.no_grad():
+        clean_text = (tiny_surrogate.encode(photo_batch) - objective.target_latents).pow(2).mean()
+        prot_text = (tiny_surrogate.encode(photo_batch + result.delta) - objective.target_latents).pow(2).mean()
+    assert prot_text < clean_text
+    assert fixed_loss(tiny_surrogate, photo_batch + result.delta) > fixed_loss(tiny_surrogate, photo_batch)
+
+
+def test_aspl_raises_the_loss_of_the_fine_tuned_copy(tiny_surrogate, photo_batch):
+    result, objective = attack(tiny_surrogate, photo_batch, "aspl", steps=18, lr=1e-3)
+    check_budget(photo_batch, result.delta)
+    clean = fixed_loss(tiny_surrogate, photo_batch, objective.attacked)
+    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.attacked)
+    assert protected > clean, (clean, protected)
+
+
+def test_inner_loops_never_modify_the_shared_model(tiny_surrogate, photo_batch):
+    before = {k: v.clone() for k, v in tiny_surrogate.trainable_parameters().items()}
+    attack(tiny_surrogate, photo_batch, "aspl", steps=6, lr=1e-2)
+    attack(tiny_surrogate, photo_batch, "udp", steps=4, inner_lr=1e-2, inner_every=2)
+    after = tiny_surrogate.trainable_parameters()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_mask_limits_the_perturbation_to_the_masked_region(tiny_surrogate, photo_batch):
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[:, :, :, :32] = 1
+    settings = ProtectSettings(method="advdm", steps=5, budget=8)
+    result = craft_perturbation(tiny_surrogate, photo_batch, settings, masks=masks)
+    assert result.delta[..., 32:].abs().max() == 0
+    assert result.delta[..., :32].abs().max() > 4 / 255
+
+
+@pytest.mark.parametrize("robust", [("jpeg",), ("resize",), ("blur",), ("jpeg", "resize", "blur")])
+def test_robustness_transforms_run_inside_the_loop(tiny_surrogate, photo_batch, robust):
+    settings = ProtectSettings(method="advdm", steps=3, budget=8, robust=robust)
+    result = craft_perturbation(tiny_surrogate, photo_batch, settings)
+    check_budget(photo_batch, result.delta)
+    assert result.delta.abs().max() > 0
+
+
+def test_unknown_method_and_option_errors_are_clear():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_objective("nope")
+    with pytest.raises(ValueError, match="bad option for method 'udp'"):
+        make_objective("udp", {"colour": 3})
+    with pytest.raises(ValueError, match="sign must be"):
+        make_objective("udp", {"sign": "sideways"})

@@ -1,0 +1,120 @@
+"""Whole images and folders: exact sizes, 8-bit budget, masks, alpha, resume, bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared_core.images import load_image, read_provenance
+from shared_core.protect import ProtectSettings, protect_arrays, protect_files
+from shared_core.protect.pipeline import tile_layout
+
+FAST = dict(method="advdm", steps=2, budget=8)
+
+
+def tree_hashes(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("height,width,tile", [(64, 64, 64), (37, 53, 64), (300, 90, 64), (129, 200, 64), (1000, 17, 256)])
+def test_tiles_cover_every_pixel(height, width, tile):
+    covered = np.zeros((height, width), dtype=int)
+    for t in tile_layout(height, width, tile, 16):
+        assert t.padded_height % 16 == 0 and t.padded_width % 16 == 0
+        assert t.padded_height <= max(tile, -(-height // 16) * 16)
+        covered[t.y : t.y + t.height, t.x : t.x + t.width] += 1
+    assert covered.min() >= 1
+
+
+def test_output_keeps_size_and_budget_for_odd_sizes(tiny_surrogate, photos):
+    images = [photos[0][:37, :53], photos[1][:150, :70], photos[2][:64, :64]]
+    settings = ProtectSettings(**FAST, tile_size=64, batch_size=3)
+    outputs = protect_arrays(tiny_surrogate, images, settings)
+    for image, output in zip(images, outputs):
+        assert output.shape == image.shape and output.dtype == np.uint8
+        diff = np.abs(output.astype(int) - image.astype(int))
+        assert diff.max() <= 8 and diff.max() >= 4
+
+
+def test_fractional_budget_is_floored_after_rounding(tiny_surrogate, photos):
+    settings = ProtectSettings(method="advdm", steps=3, budget=4.6, tile_size=64)
+    (output,) = protect_arrays(tiny_surrogate, [photos[0][:64, :64]], settings)
+    assert np.abs(output.astype(int) - photos[0][:64, :64].astype(int)).max() <= 4
+
+
+def test_folder_with_a_corrupt_file(tmp_path, photo_folder, tiny_surrogate):
+    (photo_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    before = tree_hashes(photo_folder)
+    out = tmp_path / "out"
+    summary = protect_files([photo_folder], out, tiny_surrogate, ProtectSettings(**FAST, tile_size=64))
+    assert tree_hashes(photo_folder) == before
+    failed = [o for o in summary.outcomes if o.status == "failed"]
+    assert [o.source for o in failed] == [str(photo_folder / "broken.png")]
+    assert "cannot" in failed[0].error or "not an image" in failed[0].error
+    protected = [o for o in summary.outcomes if o.status == "protected"]
+    assert len(protected) == 4
+    for outcome in protected:
+        source = load_image(outcome.source).rgb
+        output = load_image(outcome.output).rgb
+        assert output.shape == source.shape
+        assert outcome.linf <= 8 and np.isfinite(outcome.psnr) and 0 < outcome.ssim <= 1
+        meta = read_provenance(outcome.output)
+        assert meta["method"] == "advdm" and meta["budget"] == 8 and meta["version"]
+    assert (out / "sub" / "rocket.png").is_file()
+    assert not list(out.rglob("*.part"))
+
+
+def test_rerun_skips_finished_outputs_and_redoes_changed_settings(tmp_path, photo_folder, tiny_surrogate):
+    out = tmp_path / "out"
+    settings = ProtectSettings(**FAST, tile_size=64)
+    first = protect_files([photo_folder], out, tiny_surrogate, settings)
+    assert {o.status for o in first.outcomes} == {"protected"}
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    second = protect_files([photo_folder], out, tiny_surrogate, settings)
+    assert {o.status for o in second.outcomes} == {"skipped"}
+    assert stamp == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    third = protect_files([photo_folder], out, tiny_surrogate, ProtectSettings(**{**FAST, "budget": 4}, tile_size=64))
+    assert {o.status for o in third.outcomes} == {"protected"}
+
+
+def test_alpha_is_kept_and_jpeg_output_is_measured(tmp_path, photos, tiny_surrogate):
+    rgba = np.dstack([photos[0][:48, :48], np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1))])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "logo.png")
+    summary = protect_files([tmp_path / "logo.png"], tmp_path / "out", tiny_surrogate, ProtectSettings(**FAST, tile_size=64))
+    with Image.open(summary.outcomes[0].output) as image:
+        assert image.mode == "RGBA"
+        assert np.array_equal(np.asarray(image)[..., 3], rgba[..., 3])
+    jpeg = protect_files([tmp_path / "logo.png"], tmp_path / "jpg", tiny_surrogate, ProtectSettings(**FAST, tile_size=64), fmt="jpeg", quality=90)
+    outcome = jpeg.outcomes[0]
+    assert outcome.output.endswith(".jpg") and outcome.psnr > 25
+    assert read_provenance(outcome.output)["method"] == "advdm"
+
+
+def test_mask_file_leaves_black_regions_untouched(tmp_path, photos, tiny_surrogate):
+    Image.fromarray(photos[1][:64, :64]).save(tmp_path / "cat.png")
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    summary = protect_files([tmp_path / "cat.png"], tmp_path / "out", tiny_surrogate, ProtectSettings(**FAST, tile_size=64), mask=tmp_path / "mask.png")
+    output = load_image(summary.outcomes[0].output).rgb.astype(int)
+    diff = np.abs(output - photos[1][:64, :64].astype(int))
+    assert diff[:, :32].max() == 0 and diff[:, 32:].max() > 0
+
+
+def test_output_folder_equal_to_input_is_refused(photo_folder, tiny_surrogate):
+    (photo_folder / "sub" / "rocket.jpg").unlink()
+    before = tree_hashes(photo_folder)
+    summary = protect_files([photo_folder], photo_folder, tiny_surrogate, ProtectSettings(**FAST, tile_size=64))
+    assert all(o.status == "failed" and "overwrite an input" in o.error for o in summary.outcomes)
+    assert tree_hashes(photo_folder) == before
+
+
+def test_summary_is_json_serialisable(tmp_path, photo_folder, tiny_surrogate):
+    summary = protect_files([photo_folder], tmp_path / "o", tiny_surrogate, ProtectSettings(**FAST, tile_size=64))
+    data = json.loads(json.dumps(summary.to_dict()))
+    assert data["totals"]["protected"] == 4 and data["totals"]["max_linf"] <= 8
+    assert data["model"]["demo_only"] is True

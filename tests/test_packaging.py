@@ -1,0 +1,75 @@
+"""The repository is at once a ComfyUI pack, an A1111 extension and a pip project."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module(path: Path, name: str):
+    """Load a file the way ComfyUI loads a custom-node pack: by path, registered under `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_root_init_imports_like_comfyui_does_without_touching_sys_path():
+    before = list(sys.path)
+    module = load_module(ROOT / "__init__.py", "unlearnable_pack")
+    assert isinstance(module.NODE_CLASS_MAPPINGS, dict) and isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
+    assert sys.path == before
+    assert not str(getattr(sys.modules.get("nodes"), "__file__", "")).startswith(str(ROOT))
+
+
+def test_root_init_as_a_plain_module_exports_empty_mappings():
+    namespace = {"__name__": "plain", "__package__": None}
+    exec(compile((ROOT / "__init__.py").read_text(), "__init__.py", "exec"), namespace)
+    assert namespace["NODE_CLASS_MAPPINGS"] == {}
+
+
+def test_core_never_imports_hosts_and_gradio_only_in_ui():
+    forbidden = {"comfy", "comfy_api", "folder_paths", "modules", "launch", "execution", "server"}
+    for path in (ROOT / "shared_core").rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in forbidden, f"{path} imports {name}"
+                if top == "gradio":
+                    assert path.parent.name == "ui", f"{path} imports gradio outside shared_core/ui"
+
+
+def test_install_never_touches_torch_and_uses_launch_under_a1111(tmp_path, monkeypatch):
+    install = load_module(ROOT / "install.py", "unlearnable_install")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("torch>=2.0\nnumpy>=1.0  # comment\nsurely-not-installed-package==1.0\ntorchvision\n")
+    assert install.read_requirements(requirements) == ["numpy>=1.0", "surely-not-installed-package==1.0"]
+    assert install.is_satisfied("numpy>=1.0") and not install.is_satisfied("surely-not-installed-package==1.0")
+    assert not install.is_satisfied("numpy<1.0")
+    calls = []
+    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=lambda args, desc: calls.append(args)))
+    assert install.main(requirements) == 0
+    assert calls == ['install "surely-not-installed-package==1.0"']
+
+
+def test_requirements_leave_torch_to_the_host():
+    import tomllib
+
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    assert not any(line.strip().startswith(("torch", "torchvision")) for line in lines)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "torch>=2.1" in project["project"]["dependencies"]  # a floor, never a pin
+    assert project["project"]["scripts"]["unlearnable"] == "shared_core.cli:main"
+    assert "tool" in project and "comfy" in project["tool"]
