@@ -48,6 +48,11 @@ def _tqdm_factory(enabled: bool, unit: str):
 
 
 def cmd_protect(args) -> int:
+    """Add a bounded, imperceptible perturbation to images so diffusion models learn them badly.
+
+    Outputs keep each input's size, alpha and ICC profile; originals are never modified; a re-run
+    skips outputs already made with the same settings.
+    """
     from .protect import ProtectSettings, protect_files
     from .surrogates import load_surrogate
 
@@ -106,6 +111,7 @@ def cmd_protect(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    """List the protection methods with their papers, defaults and options."""
     import inspect
 
     from .protect.objectives import OBJECTIVES

@@ -63,8 +63,8 @@ class ProtectSettings:
         return max(2.5 * self.budget / self.steps, 0.25)
 
     def fingerprint(self, extra: dict | None = None) -> str:
-        """A short hash of every setting that changes the output (batching does not)."""
-        data = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        """A short hash of every setting that changes the output (batching and checkpointing do not)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "low_memory")}
         data.update(extra or {})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
