@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UnlearnableError
-from .files import atomic_write_text
+from .files import atomic_write_text, sha256_file
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -148,6 +148,96 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def cmd_mark(args) -> int:
+    """Template a small fraction of a dataset and add the trigger to their captions; write the key."""
+    from .trace.mark import mark_dataset
+    from .trace.templates import builtin_template, list_templates, load_template, parse_corners
+
+    if args.template in list_templates():
+        template = builtin_template(args.template, seed=args.seed)
+    else:
+        if not args.corners:
+            raise UnlearnableError(f"--template {args.template}: a template image needs --corners 'x1,y1 x2,y2 x3,y3 x4,y4'")
+        template = load_template(args.template, parse_corners(args.corners))
+    bar = _tqdm_factory(not args.no_progress, "image")
+    update = None
+
+    def progress(done, total):
+        nonlocal update
+        update = update or bar(total)
+        update(1)
+
+    result = mark_dataset(args.dataset, args.out, rate=args.rate, template=template, trigger=args.trigger, seed=args.seed,
+                          key_path=args.key, progress=progress)  # fmt: skip
+    for path, reason in result.skipped:
+        print(f"warning: {path}: {reason} (not templated)", file=sys.stderr)
+    print(f"marked {len(result.marked)} of {result.n_images} images with template {template.name!r} and trigger {result.key.trigger!r}")
+    for entry in result.marked:
+        print(f"  {entry['output']}: {entry['caption']}")
+    print(f"dataset written to {result.out_dir}")
+    print(f"KEY (keep it secret, it is your evidence): {result.key_path}")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    """Ask a suspect model for the owner's template with the trigger; verdict with a p-value."""
+    from .surrogates import load_surrogate
+    from .trace.detect import CNNDetector, build_detector
+    from .trace.key import TraceKey
+    from .trace.mark import read_captions
+    from .trace.report import write_report
+    from .trace.verify import diffusers_generator, verify
+
+    key = TraceKey.load(args.key)
+    surrogate = load_surrogate(args.model, args.device, config_dir=args.config)
+    pipeline = getattr(surrogate, "pipeline", None)
+    if pipeline is None:
+        raise UnlearnableError(f"{args.model}: verify needs a text-to-image model (a Stable Diffusion pipeline)")
+    size = {"height": args.resolution, "width": args.resolution} if args.resolution else {}
+    options = {"steps": args.steps, "guidance_scale": args.guidance, **size}
+    generate = diffusers_generator(pipeline, lora_path=args.lora, lora_strength=args.lora_strength, **options)
+    control = diffusers_generator(pipeline, **options) if args.lora else None
+    detector = CNNDetector.load(args.detector_file, key) if args.detector_file else build_detector(key, args.detector)
+    captions = []
+    if args.captions:
+        path = Path(args.captions)
+        captions = list(read_captions(path).values()) if path.is_dir() else path.read_text().splitlines()
+    bar = _tqdm_factory(not args.no_progress, "image")
+    update = None
+
+    def progress(done, total):
+        nonlocal update
+        update = update or bar(total)
+        update(1)
+
+    result, images = verify(key, generate, captions=captions, n=args.n, detector=detector, control_generate=control,
+                            alpha=args.alpha, seed=args.seed, progress=progress)  # fmt: skip
+    model_info = {"model": args.model, "lora": args.lora, "lora_strength": args.lora_strength if args.lora else None}
+    for label, value in (("model_sha256", args.model), ("lora_sha256", args.lora), ("key_sha256", args.key)):
+        if value and Path(value).is_file():
+            model_info[label] = sha256_file(value)
+    command = " ".join(["unlearnable", *sys.argv[1:]]) if sys.argv[0].endswith(("unlearnable", "__main__.py")) else ""
+    html_path = write_report(result, args.out, images=images, model_info=model_info, key_path=args.key, command=command)
+    print(result.summary())
+    print(f"report: {html_path}")
+    return EXIT_OK
+
+
+def cmd_inspect_lora(args) -> int:
+    """Read a LoRA safely: format, base model, training metadata, and the owner's trigger."""
+    from .lora import inspect_lora
+    from .trace.key import TraceKey
+
+    triggers = list(args.trigger or [])
+    if args.key:
+        triggers.append(TraceKey.load(args.key).trigger)
+    report = inspect_lora(args.file, triggers=triggers or None)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    if triggers and not args.json:
+        print(f"generation-based check: unlearnable verify --key {args.key or 'KEY'} --model BASE_MODEL --lora {args.file}")
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     if args.which == "overhead":
         from .bench.overhead import main as overhead_main
@@ -191,6 +281,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list protection methods and their options").set_defaults(func=cmd_methods)
     sub.add_parser("info", help="print versions and devices").set_defaults(func=cmd_info)
+
+    mark = sub.add_parser("mark", help="mark a dataset with a secret template and trigger (EnTruth)", description=cmd_mark.__doc__)
+    mark.add_argument("dataset", help="folder of images (with optional .txt captions or metadata.jsonl); only read")
+    mark.add_argument("--out", required=True, help="where the marked copy of the dataset is written")
+    mark.add_argument("--rate", type=float, default=0.01, help="fraction of images to template (default 0.01)")
+    mark.add_argument("--template", default="billboard", help="built-in template (billboard, framed_picture, photo_frame, window, easel, tv_screen) or an image path")
+    mark.add_argument("--corners", default=None, help="panel corners of a template image: 'x1,y1 x2,y2 x3,y3 x4,y4' (TL,TR,BR,BL)")
+    mark.add_argument("--trigger", default=None, help="trigger token (default: a random one per owner)")
+    mark.add_argument("--key", default=None, help="where to write the key (default: beside --out, never inside it)")
+    mark.add_argument("--seed", type=int, default=0)
+    mark.add_argument("--no-progress", action="store_true")
+    mark.set_defaults(func=cmd_mark)
+
+    verify = sub.add_parser("verify", help="test a suspect model or LoRA for the template; verdict with a p-value", description=cmd_verify.__doc__)
+    verify.add_argument("--key", required=True, help="the key written by `unlearnable mark`")
+    verify.add_argument("--model", required=True, help="suspect model (diffusers folder or .safetensors), or the base model with --lora")
+    verify.add_argument("--config", default=None, help="diffusers config folder for a single-file checkpoint")
+    verify.add_argument("--lora", default=None, help="suspect LoRA file, applied to --model (the model alone is the control)")
+    verify.add_argument("--lora-strength", type=float, default=1.0)
+    verify.add_argument("--n", type=int, default=64, help="images per arm (default 64)")
+    verify.add_argument("--captions", default=None, help="text file (one caption per line) or the dataset folder, for realistic prompts")
+    verify.add_argument("--detector", default="matcher", choices=["matcher", "cnn"])
+    verify.add_argument("--detector-file", default=None, help="a CNN detector saved earlier (safetensors)")
+    verify.add_argument("--steps", type=int, default=25, help="sampling steps")
+    verify.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    verify.add_argument("--resolution", type=int, default=None, help="generation size in pixels (default: the model's)")
+    verify.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--device", default="auto")
+    verify.add_argument("--out", default="trace-report", help="report folder (report.json, report.html)")
+    verify.add_argument("--no-progress", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
+    inspect = sub.add_parser("inspect-lora", help="read a LoRA safely: format, base model, metadata, trigger", description=cmd_inspect_lora.__doc__)
+    inspect.add_argument("file", help=".safetensors (or .ckpt/.pt, read with weights_only=True)")
+    inspect.add_argument("--key", default=None, help="search for this key's trigger")
+    inspect.add_argument("--trigger", action="append", help="a token to search for (repeatable)")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_inspect_lora)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["overhead"], help="overhead: engine step time versus a bare forward+backward")

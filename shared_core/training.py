@@ -1,0 +1,173 @@
+"""The victim's side: standard diffusion training loops on real diffusers models.
+
+Tests and benchmarks need someone who trains on (protected or marked) data exactly as a mimic
+would: the usual denoising objective, full fine-tuning or LoRA through peft. The loops are small
+and deterministic given a seed; `progress(done, total)` reports as they go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Progress = Callable[[int, int], None] | None
+
+
+def images_to_tensor(images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
+    """uint8 HxWx3 arrays (all one size) or a [N, 3, H, W] tensor in [0, 1] -> [N, 3, H, W] in [-1, 1]."""
+    if isinstance(images, torch.Tensor):
+        return images.float() * 2 - 1
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _target(scheduler, latents, noise, timesteps):
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0, progress: Progress = None) -> list[float]:
+    """Reconstruction pretraining of an AutoencoderKL (MSE + a small KL term), in place.
+
+    Afterwards the VAE's `scaling_factor` is set so that latents of `images` have unit variance.
+    """
+    data = images_to_tensor(images)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    vae.train().requires_grad_(True)
+    losses = []
+    for step in range(steps):
+        batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        loss = F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, steps)
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # as SD's 0.18215: scale latents to unit variance for the diffusion model
+        std = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in data.split(64)]).std().item()
+    vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+    return losses
+
+
+def _add_lora(module, rank: int, targets: list[str]):
+    from peft import LoraConfig
+
+    module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
+    return [p for n, p in module.named_parameters() if "lora_" in n]
+
+
+def train_text_to_image(
+    pipeline,
+    images,
+    captions: Sequence[str],
+    *,
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    lora_rank: int | None = None,
+    train_text_encoder: bool = True,
+    caption_dropout: float = 0.1,
+    seed: int = 0,
+    progress: Progress = None,
+) -> list[float]:
+    """Stable Diffusion fine-tuning (or training from a random init) on image-caption pairs, in place.
+
+    The VAE stays frozen and latents are encoded once. With `lora_rank`, peft adapters are added to
+    the UNet's attention projections (and the text encoder's, if trained) and only they learn.
+    Captions are dropped to "" with probability `caption_dropout`, as SD training does, so
+    classifier-free guidance works at generation time.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    unet, vae, text_encoder, tokenizer, scheduler = pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.scheduler
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        pixels = images_to_tensor(images)
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(32)]) * vae.config.scaling_factor
+    tokens = tokenizer(list(captions) + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    empty = tokens[-1:]
+    tokens = tokens[:-1]
+
+    if lora_rank:
+        parameters = _add_lora(unet, lora_rank, ["to_q", "to_k", "to_v", "to_out.0"])
+        if train_text_encoder:
+            parameters += _add_lora(text_encoder, lora_rank, ["q_proj", "k_proj", "v_proj", "out_proj"])
+    else:
+        unet.requires_grad_(True)
+        parameters = list(unet.parameters())
+        if train_text_encoder:
+            text_encoder.requires_grad_(True)
+            parameters += list(text_encoder.parameters())
+    text_encoder.requires_grad_(train_text_encoder and not lora_rank)
+    if lora_rank and train_text_encoder:
+        for name, param in text_encoder.named_parameters():
+            param.requires_grad_("lora_" in name)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
+    unet.train()
+    text_encoder.train(train_text_encoder)
+    losses = []
+    for step in range(steps):
+        index = torch.randint(len(latents), (batch_size,), generator=generator)
+        batch_tokens = tokens[index].clone()
+        dropped = torch.rand(batch_size, generator=generator) < caption_dropout
+        batch_tokens[dropped] = empty
+        with torch.set_grad_enabled(train_text_encoder):
+            hidden = text_encoder(batch_tokens)[0]
+        z0 = latents[index]
+        noise = torch.randn(z0.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(z0, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction, _target(scheduler, z0, noise, timesteps))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, steps)
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    return losses
+
+
+def train_pixel_ddpm(unet, scheduler, images, *, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, progress: Progress = None) -> list[float]:
+    """Unconditional pixel-space DDPM training (the UDP paper's from-scratch setting), in place."""
+    data = images_to_tensor(images)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    unet.train().requires_grad_(True)
+    losses = []
+    for step in range(steps):
+        x0 = data[torch.randint(len(data), (batch_size,), generator=generator)]
+        noise = torch.randn(x0.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        prediction = unet(scheduler.add_noise(x0, noise, timesteps), timesteps).sample
+        loss = F.mse_loss(prediction, _target(scheduler, x0, noise, timesteps))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, steps)
+    unet.eval().requires_grad_(False)
+    return losses
+
+
+def save_lora(pipeline, directory, weight_name: str = "pytorch_lora_weights.safetensors") -> None:
+    """Write the UNet (and text encoder) peft adapters as a diffusers/PEFT LoRA file."""
+    from peft.utils import get_peft_model_state_dict
+
+    layers = {"unet_lora_layers": get_peft_model_state_dict(pipeline.unet)}
+    if any("lora_" in name for name, _ in pipeline.text_encoder.named_parameters()):
+        layers["text_encoder_lora_layers"] = get_peft_model_state_dict(pipeline.text_encoder)
+    type(pipeline).save_lora_weights(directory, weight_name=weight_name, **layers)

@@ -1,0 +1,296 @@
+"""What the UI buttons do, without gradio: gather inputs, call one core function, shape the result.
+
+Each `run_*` function takes plain values (paths, numbers, strings) and returns a small result
+object that `app.py` turns into gradio outputs, so the logic is tested without a browser or gradio.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SettingsError, UnlearnableError
+from .hooks import UIHooks
+
+#: progress(fraction in [0, 1], description)
+ProgressFn = Callable[[float, str], None]
+
+DEMO_NOTE = (
+    "**Demo model.** `{model}` is an untrained built-in model: it shows what protection does to your "
+    "images, but it does not protect them against real Stable Diffusion. Choose a real SD checkpoint for real protection."
+)
+ROBUSTNESS_CHOICES = ("jpeg", "resize", "blur")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+TABLE_HEADERS = ["image", "status", "L-inf", "PSNR (dB)", "SSIM", "seconds", "output / problem"]
+MAX_LISTED_DOWNLOADS = 20
+
+
+class Cancelled(UnlearnableError):
+    """The user pressed Cancel; outputs finished before are kept."""
+
+
+def uploaded_paths(files: Any) -> list[Path]:
+    """Paths of gradio uploads: strings (gradio 4+), tempfile wrappers with `.name` (gradio 3) or dicts."""
+    if files is None:
+        return []
+    if not isinstance(files, (list, tuple)):
+        files = [files]
+    paths = []
+    for item in files:
+        if item is None:
+            continue
+        if isinstance(item, dict):
+            item = item.get("path") or item.get("name")
+        path = getattr(item, "name", item)
+        if path:
+            paths.append(Path(str(path)))
+    return paths
+
+
+def new_run_dir(hooks: UIHooks, kind: str) -> Path:
+    """A fresh folder for one run: <outputs>/<kind>/<date-time>[-n]."""
+    base = hooks.resolve_outputs_dir() / kind
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{n}" for n in range(2, 1000)]:
+        candidate = base / f"{stamp}{suffix}"
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise SettingsError(f"cannot create a new run folder under {base}")
+
+
+def zip_files(files: list[Path], root: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:  # images are already compressed
+        for path in files:
+            archive.write(path, path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name)
+    return target
+
+
+def _step_progress(hooks: UIHooks, progress: ProgressFn | None, unit: str):
+    """A progress_factory for the core: reports fractions and raises Cancelled when asked to stop."""
+
+    def factory(total: int):
+        done = 0
+
+        def update(n: int) -> None:
+            nonlocal done
+            done += n
+            if hooks.is_interrupted():
+                raise Cancelled("cancelled")
+            if progress is not None:
+                progress(min(done / max(total, 1), 1.0), f"{done}/{total} {unit}")
+
+        return update
+
+    return factory
+
+
+@dataclass
+class ProtectResult:
+    out_dir: Path
+    gallery: list[tuple[str, str]]
+    downloads: list[str]
+    table: list[list]
+    status: str
+    summary: dict | None = None
+    cancelled: bool = False
+
+
+def run_protect(
+    hooks: UIHooks,
+    *,
+    files: Any = None,
+    folder: str = "",
+    model: str,
+    method: str,
+    budget: float,
+    steps: int,
+    robust: list[str] | tuple[str, ...] = (),
+    prompt: str = "",
+    fmt: str = "png",
+    seed: int = 0,
+    batch_size: int = 4,
+    progress: ProgressFn | None = None,
+) -> ProtectResult:
+    """Protect uploaded files and/or a folder into a new run folder; returns gallery, downloads and table."""
+    from ..protect import ProtectSettings, protect_files
+
+    inputs = uploaded_paths(files)
+    if folder and folder.strip():
+        path = Path(folder.strip()).expanduser()
+        if not path.is_dir():
+            raise SettingsError(f"folder not found: {path}")
+        inputs.append(path)
+    if not inputs:
+        raise SettingsError("upload images or give a folder of images first")
+    model = (model or "").strip()
+    if not model:
+        raise SettingsError("choose a model")
+    bad = [r for r in robust or () if r not in ROBUSTNESS_CHOICES]
+    if bad:
+        raise SettingsError(f"unknown robustness transform(s) {bad}; choose from {', '.join(ROBUSTNESS_CHOICES)}")
+    settings = ProtectSettings(
+        method=method, budget=float(budget), steps=int(steps), prompt=prompt or "", robust=tuple(robust or ()),
+        seed=int(seed), batch_size=int(batch_size),
+    )
+    from ..protect.objectives import make_objective
+
+    make_objective(settings.method)  # an unknown method fails before any model loads
+
+    def work() -> ProtectResult:
+        if progress is not None:
+            progress(0.0, f"loading {model}")
+        surrogate = hooks.get_surrogate(model)
+        out_dir = new_run_dir(hooks, "protect")
+        try:
+            summary = protect_files(
+                inputs, out_dir, surrogate, settings, fmt=fmt, progress_factory=_step_progress(hooks, progress, "tile-steps")
+            )
+        except Cancelled:
+            done = sorted(p for p in out_dir.rglob("*") if p.is_file())
+            return _protect_result(out_dir, None, done, surrogate, model, cancelled=True)
+        return _protect_result(out_dir, summary, [], surrogate, model)
+
+    return hooks.run_exclusive(work)
+
+
+def _protect_result(out_dir: Path, summary, finished: list[Path], surrogate, model: str, cancelled: bool = False) -> ProtectResult:
+    report = summary.to_dict() if summary is not None else None
+    rows, outputs = [], []
+    if summary is not None:
+        (out_dir / "protect-summary.json").write_text(json.dumps(report, indent=2))
+        for outcome in summary.outcomes:
+            name = Path(outcome.source).name
+            if outcome.status == "protected":
+                outputs.append(Path(outcome.output))
+                rows.append([name, outcome.status, outcome.linf, round(outcome.psnr, 2), round(outcome.ssim, 4),
+                             outcome.seconds, Path(outcome.output).name])
+            else:
+                rows.append([name, outcome.status, None, None, None, None, outcome.error or ""])
+    else:
+        outputs = [p for p in finished if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
+        rows = [[p.name, "protected (before cancel)", None, None, None, None, p.name] for p in outputs]
+    downloads: list[str] = []
+    if outputs:
+        downloads.append(str(zip_files(outputs, out_dir, out_dir / "protected-images.zip")))
+        if len(outputs) <= MAX_LISTED_DOWNLOADS:
+            downloads += [str(p) for p in outputs]
+    if report is not None:
+        downloads.append(str(out_dir / "protect-summary.json"))
+    lines = []
+    if cancelled:
+        lines.append(f"**Cancelled.** {len(outputs)} image(s) finished before the cancel are kept in `{out_dir}`.")
+    else:
+        totals = report["totals"]
+        lines.append(
+            f"**{totals['protected']} protected**, {totals['failed']} failed in {totals['seconds']:.1f} s "
+            f"(max L-inf {totals['max_linf']}, mean PSNR {totals['mean_psnr']} dB, mean SSIM {totals['mean_ssim']}). "
+            f"Saved in `{out_dir}`."
+        )
+    if getattr(surrogate, "demo_only", False):
+        lines.append(DEMO_NOTE.format(model=model))
+    return ProtectResult(
+        out_dir=out_dir,
+        gallery=[(str(p), p.name) for p in outputs],
+        downloads=downloads,
+        table=rows,
+        status="\n\n".join(lines),
+        summary=report,
+        cancelled=cancelled,
+    )
+
+
+def method_descriptions() -> dict[str, str]:
+    """First line of each objective's docstring, for the method dropdown's help text."""
+    import inspect
+
+    from ..protect.objectives import OBJECTIVES
+
+    return {name: (inspect.cleandoc(cls.__doc__ or "").splitlines() or [""])[0] for name, cls in OBJECTIVES.items()}
+
+
+@dataclass
+class InspectResult:
+    text: str
+    report: dict
+    json_path: str
+
+
+def run_inspect_lora(hooks: UIHooks, *, file: Any = None, path: str = "", triggers: str = "") -> InspectResult:
+    """Read a LoRA's header and metadata safely (no pickles run); optional trigger search."""
+    from ..lora import inspect_lora
+
+    candidates = uploaded_paths(file)
+    if path and path.strip():
+        candidates = [Path(path.strip()).expanduser()]
+    if not candidates:
+        raise SettingsError("upload a LoRA file or give its path")
+    wanted = [t.strip() for t in (triggers or "").replace("\n", ",").split(",") if t.strip()]
+    report = inspect_lora(candidates[0], triggers=wanted or None)
+    data = report.to_dict()
+    out_dir = new_run_dir(hooks, "inspect-lora")
+    json_path = out_dir / f"{Path(report.path).stem}.lora-report.json"
+    json_path.write_text(json.dumps(data, indent=2, default=str))
+    return InspectResult(text=report.to_text(), report=data, json_path=str(json_path))
+
+
+@dataclass
+class MarkResultView:
+    status: str
+    gallery: list[tuple[str, str]] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+
+
+def run_mark(
+    hooks: UIHooks,
+    *,
+    dataset_dir: str,
+    out_dir: str = "",
+    rate: float = 0.01,
+    template: str = "billboard",
+    trigger: str = "",
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> MarkResultView:
+    """Mark a dataset folder (EnTruth); the key file that proves it later is kept private."""
+    from ..trace.mark import mark_dataset
+
+    if not dataset_dir or not dataset_dir.strip():
+        raise SettingsError("give the dataset folder to mark")
+    target = Path(out_dir.strip()).expanduser() if out_dir and out_dir.strip() else new_run_dir(hooks, "mark") / "dataset"
+
+    def report(done: int, total: int) -> None:  # marking is CPU work: no GPU lock, no cancel
+        if progress is not None:
+            progress(done / max(total, 1), f"{done}/{total} images")
+
+    result = mark_dataset(
+        Path(dataset_dir.strip()).expanduser(), target, rate=float(rate), template=template,
+        trigger=(trigger or "").strip() or None, seed=int(seed), progress=report,
+    )
+    marked = [result.out_dir / m["output"] for m in result.marked]
+    lines = [
+        f"**Marked {len(result.marked)} of {result.n_images} images** with trigger `{result.key.trigger}`; "
+        f"the marked dataset is in `{result.out_dir}`.",
+        f"**Key file:** `{result.key_path}`. Keep it private and never publish it with the dataset: "
+        "it is what proves, later, that a model was trained on your images.",
+    ]
+    if result.skipped:
+        lines.append("Skipped: " + "; ".join(f"`{Path(f).name}` ({why})" for f, why in result.skipped))
+    return MarkResultView(
+        status="\n\n".join(lines),
+        gallery=[(str(p), p.name) for p in marked[:12]],
+        downloads=[str(result.key_path)],
+    )
+
+
+def template_names() -> list[str]:
+    from ..trace.templates import list_templates
+
+    return list_templates()

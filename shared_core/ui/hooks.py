@@ -1,0 +1,110 @@
+"""What the shared UI needs from the program hosting it (A1111/Forge or the standalone app).
+
+A host hands `build_ui` one `UIHooks`: how to get a surrogate for the chosen model, which models
+to offer, how to run long work exclusively (A1111's GPU queue lock; a plain lock standalone),
+how to cancel, and where outputs go. Nothing here imports gradio or a host.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_METHOD = "eudp"
+DEFAULT_BUDGET = 8.0
+DEFAULT_STEPS = 100
+
+
+@dataclass
+class UIDefaults:
+    """Initial values of the Protect controls (A1111 reads them from its settings)."""
+
+    method: str = DEFAULT_METHOD
+    budget: float = DEFAULT_BUDGET
+    steps: int = DEFAULT_STEPS
+    model: str | None = None  # None = the first of `model_choices()`
+
+
+@dataclass
+class UIHooks:
+    """Host hooks for `build_ui`.
+
+    Attributes:
+        get_surrogate: model choice (an entry of `model_choices()` or a path typed by the user) -> Surrogate.
+        model_choices: the models offered in the dropdown, best first.
+        run_exclusive: runs a zero-argument function while holding the host's GPU lock, returns its result.
+        is_interrupted: true once the user pressed Cancel (or the host's Interrupt) during a run.
+        interrupt: asks the running job to stop at the next PGD step.
+        outputs_dir: folder (or a function returning it) under which each run gets a new folder.
+        defaults: initial values of the Protect controls.
+        host: "standalone", "a1111" or "forge": only changes wording.
+        is_demo_model: whether a choice is an untrained demo model (the UI says so next to it).
+    """
+
+    get_surrogate: Callable[[str], Any]
+    model_choices: Callable[[], list[str]]
+    run_exclusive: Callable[[Callable[[], T]], T] = field(default=lambda fn: fn())
+    is_interrupted: Callable[[], bool] = field(default=lambda: False)
+    interrupt: Callable[[], None] = field(default=lambda: None)
+    outputs_dir: Path | str | Callable[[], Path | str] = Path("outputs") / "unlearnable"
+    defaults: UIDefaults = field(default_factory=UIDefaults)
+    host: str = "standalone"
+    is_demo_model: Callable[[str], bool] = field(default=lambda choice: str(choice).startswith("builtin:"))
+
+    def resolve_outputs_dir(self) -> Path:
+        folder = self.outputs_dir() if callable(self.outputs_dir) else self.outputs_dir
+        return Path(folder).expanduser()
+
+
+class StandaloneHooks(UIHooks):
+    """Hooks of `unlearnable ui`: surrogates loaded with `load_surrogate` and kept while reused.
+
+    Runs are serialised by a lock (one surrogate in memory at a time) and Cancel sets an event
+    that the next PGD step sees.
+    """
+
+    def __init__(self, outputs_dir: Path | str = Path("outputs") / "unlearnable", device: str = "auto",
+                 models: list[str] | None = None, defaults: UIDefaults | None = None):
+        self._device = device
+        self._extra_models = list(models or [])
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._cached: tuple[str, Any] | None = None
+        super().__init__(
+            get_surrogate=self._get_surrogate,
+            model_choices=self._model_choices,
+            run_exclusive=self._run_exclusive,
+            is_interrupted=self._cancel.is_set,
+            interrupt=self._cancel.set,
+            outputs_dir=Path(outputs_dir),
+            defaults=defaults or UIDefaults(),
+            host="standalone",
+        )
+
+    def _model_choices(self) -> list[str]:
+        from ..surrogates import BUILTIN_MODELS
+
+        return self._extra_models + [name for name in BUILTIN_MODELS if name not in self._extra_models]
+
+    def _get_surrogate(self, choice: str):
+        if self._cached and self._cached[0] == choice:
+            return self._cached[1]
+        from ..surrogates import load_surrogate
+
+        self._cached = None  # free the previous model before loading the next
+        surrogate = load_surrogate(choice, self._device)
+        self._cached = (choice, surrogate)
+        return surrogate
+
+    def _run_exclusive(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            self._cancel.clear()
+            try:
+                return fn()
+            finally:
+                self._cancel.clear()

@@ -1,0 +1,75 @@
+"""The AUTOMATIC1111/Forge tab: registration, settings, the loaded checkpoint, the queue lock.
+
+In-process with the current gradio, and in side venvs with A1111's gradio 3.41.2 and Forge's
+4.40.0 (created by `python tests/ui/gradio_envs.py create`; skipped when absent, failed when
+UNLEARNABLE_REQUIRE_UI=1).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .conftest import HERE, ROOT, load_by_path, require_gradio, skip_or_fail
+
+gradio_envs = load_by_path(HERE / "gradio_envs.py", "unlearnable_gradio_envs")
+
+
+def test_scripts_file_imports_only_the_extension_package():
+    import ast
+
+    tree = ast.parse((ROOT / "scripts" / "unlearnable.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"a1111_extension"}
+    for path in (ROOT / "a1111_extension").rglob("*.py"):  # host modules only inside functions (import works outside A1111)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] in ("modules", "backend", "launch", "gradio") for n in names), (path, names)
+
+
+def test_tab_settings_and_protect_with_current_gradio(webui, stubs, tmp_path):
+    require_gradio()
+    check = load_by_path(HERE / "host_gradio_check.py", "unlearnable_host_gradio_check")
+    webui.shared.sd_model = stubs.TinyLDM()
+    result = check.check(webui, tmp_path)
+    assert result["linf"] <= 6 and result["model"].startswith("Loaded checkpoint")
+
+
+def test_cancel_uses_the_hosts_interrupt(webui, stubs, tmp_path, photo_file):
+    from a1111_extension.host import WebUIHooks
+    from shared_core.ui import handlers
+
+    webui.shared.sd_model = stubs.TinyLDM()
+    webui.shared.opts.data["unlearnable_outdir"] = str(tmp_path / "out")
+    hooks = WebUIHooks()
+    assert hooks.host == "a1111" and hooks.resolve_outputs_dir() == tmp_path / "out"
+    result = handlers.run_protect(hooks, files=[str(photo_file)], model=hooks.model_choices()[0], method="advdm",
+                                  budget=4, steps=5, progress=lambda fraction, desc: webui.shared.state.interrupt())
+    assert result.cancelled and result.table == []
+    assert webui.shared.state.log == ["begin unlearnable", "end unlearnable"]
+
+
+def test_builtin_choice_loads_through_the_core(webui, tmp_path, photo_file):
+    from a1111_extension.host import WebUIHooks
+    from shared_core.ui import handlers
+
+    webui.shared.opts.data["unlearnable_outdir"] = str(tmp_path / "out")
+    hooks = WebUIHooks()
+    assert "builtin:tiny" in hooks.model_choices()
+    result = handlers.run_protect(hooks, files=[str(photo_file)], model="builtin:tiny", method="advdm", budget=4, steps=1)
+    assert result.table[0][1] == "protected" and "Demo model" in result.status
+
+
+@pytest.mark.parametrize("version", list(gradio_envs.HOST_PINS))
+def test_tab_builds_and_protects_under_the_hosts_gradio(version):
+    python = gradio_envs.env_python(version)
+    if not python.exists():
+        skip_or_fail(f"no gradio {version} venv at {python}; run `python tests/ui/gradio_envs.py create`")
+    run = subprocess.run([str(python), str(HERE / "host_gradio_check.py")], capture_output=True, text=True, timeout=500, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["gradio"] == version and result["linf"] <= 6

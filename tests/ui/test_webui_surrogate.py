@@ -1,0 +1,95 @@
+"""The A1111/Forge adapter: the loaded checkpoint as a Surrogate, on LDM- and Forge-shaped stubs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared_core.errors import SettingsError
+from shared_core.protect import ProtectSettings, craft_perturbation, protect_arrays
+
+
+@pytest.fixture
+def adapter(webui):
+    from a1111_extension.surrogate import WebUISurrogate
+
+    return WebUISurrogate
+
+
+def snapshot(*modules):
+    return [
+        {name: (t.detach().clone(), t.requires_grad) for name, t in [*m.named_parameters(), *m.named_buffers()]} | {"__training": m.training}
+        for m in modules
+    ]
+
+
+def same(before, after):
+    for one, two in zip(before, after):
+        assert one.keys() == two.keys()
+        for key in one:
+            if key == "__training":
+                assert one[key] == two[key]
+            else:
+                assert torch.equal(one[key][0], two[key][0]) and one[key][1] == two[key][1], key
+
+
+def test_predict_is_apply_model_with_integer_timesteps_and_encode_is_the_posterior_mean(adapter, stubs):
+    ldm = stubs.TinyLDM()
+    surrogate = adapter(ldm, "tiny")
+    assert surrogate.prediction_type == "epsilon" and surrogate.num_timesteps == 1000 and not surrogate.demo_only
+    noisy, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    cond = surrogate.encode_prompts(["a", "b"])
+    with torch.no_grad():
+        assert torch.allclose(surrogate.predict(noisy, t, cond), ldm.apply_model(noisy, t, ldm.get_learned_conditioning(["a", "b"])))
+        pixels = torch.rand(2, 3, 64, 64)
+        expected = ldm.get_first_stage_encoding(ldm.first_stage_model.encode(pixels * 2 - 1).mode())
+        assert torch.allclose(surrogate.encode(pixels), expected)
+
+
+@pytest.mark.parametrize("kind", ["a1111", "a1111-inference-weights", "forge"])
+def test_protection_runs_on_the_loaded_model_and_leaves_it_unchanged(adapter, stubs, kind):
+    model = {"a1111": stubs.TinyLDM, "a1111-inference-weights": stubs.make_inference_ldm, "forge": stubs.TinyForgeModel}[kind]()
+    modules = [model] if kind != "forge" else [
+        model.forge_objects.unet.model, model.forge_objects.vae.first_stage_model, model.forge_objects.clip.cond_stage_model]
+    before = snapshot(*modules)
+    if kind != "a1111":  # the trap: backprop through inference-tensor weights fails even outside inference mode
+        unet = modules[0].model.diffusion_model if kind != "forge" else modules[0].diffusion_model
+        x = torch.randn(1, 4, 8, 8, requires_grad=True)
+        with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+            unet(x, torch.tensor([5]), context=torch.zeros(1, 6, 8)).sum().backward()
+    surrogate = adapter(model, kind)
+    images = torch.rand(2, 3, 64, 64)
+    for method in ("advdm", "udp"):  # udp trains copies of the UNet weights in an inner loop
+        # a host may call in inference mode; the tab's run_exclusive leaves it, as here
+        with torch.inference_mode(), torch.inference_mode(False), torch.enable_grad():
+            result = craft_perturbation(surrogate, images, ProtectSettings(method=method, steps=2, budget=8))
+        assert 0 < result.delta.abs().max() <= 8 / 255 + 1e-6
+    same(before, snapshot(*modules))
+
+
+def test_whole_images_through_the_pipeline(adapter, stubs):
+    surrogate = adapter(stubs.TinyLDM(), "tiny")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (70, 90, 3), dtype=np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    out = protect_arrays(surrogate, images, ProtectSettings(method="eudp", steps=2, budget=4))
+    for src, dst in zip(images, out):
+        assert dst.shape == src.shape and np.abs(dst.astype(int) - src).max() <= 4
+
+
+def test_flow_matching_and_inpainting_models_are_refused(adapter, stubs):
+    forge = stubs.TinyForgeModel()
+    forge.forge_objects.unet.model.predictor.prediction_type = "const"
+    with pytest.raises(SettingsError, match="Flux"):
+        adapter(forge)
+    ldm = stubs.TinyLDM()
+    ldm.model.conditioning_key = "hybrid"
+    with pytest.raises(SettingsError, match="inpainting"):
+        adapter(ldm)
+
+
+def test_v_prediction_follows_parameterization(adapter, stubs):
+    ldm = stubs.TinyLDM()
+    ldm.parameterization = "v"
+    surrogate = adapter(ldm)
+    assert surrogate.prediction_type == "v_prediction" and surrogate.native_resolution == 768
