@@ -238,6 +238,17 @@ def cmd_inspect_lora(args) -> int:
     return EXIT_OK
 
 
+def cmd_ui(args) -> int:
+    """Start the standalone web app (the same UI as the AUTOMATIC1111/Forge tab)."""
+    try:
+        from .ui.app import launch_app
+    except ImportError as exc:
+        raise UnlearnableError(f"the web app needs gradio ({exc}): pip install 'unlearnable[ui]'") from None
+    launch_app(host=args.host, port=args.port, share=args.share, outputs_dir=args.out, device=args.device,
+               models=args.model or None, open_browser=not args.no_browser)  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     if args.which == "overhead":
         from .bench.overhead import main as overhead_main
@@ -320,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--trigger", action="append", help="a token to search for (repeatable)")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect_lora)
+
+    ui = sub.add_parser("ui", help="start the web app on http://127.0.0.1:7860", description=cmd_ui.__doc__)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this computer only)")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--share", action="store_true", help="also open a public gradio share link")
+    ui.add_argument("--out", default=None, help="outputs folder")
+    ui.add_argument("--model", action="append", help="model choices offered (repeatable; default builtin:tiny)")
+    ui.add_argument("--device", default="auto")
+    ui.add_argument("--no-browser", action="store_true")
+    ui.set_defaults(func=cmd_ui)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["overhead"], help="overhead: engine step time versus a bare forward+backward")

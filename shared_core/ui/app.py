@@ -78,12 +78,12 @@ def _protect_section(hooks: UIHooks) -> None:
                 cancel = gr.Button("Cancel", variant="stop", elem_id=_elem("protect_cancel"))
         with gr.Column():
             status = gr.Markdown("", elem_id=_elem("protect_status"))
-            gallery = gr.Gallery(label="Protected images", columns=3, elem_id=_elem("protect_gallery"))
+            gallery = gr.Gallery(label="Protected images", columns=3, height=360, object_fit="contain", elem_id=_elem("protect_gallery"))
             downloads = gr.File(label="Download", file_count="multiple", interactive=False, elem_id=_elem("protect_downloads"))
             table = gr.Dataframe(headers=handlers.TABLE_HEADERS, interactive=False, wrap=True, elem_id=_elem("protect_table"))
 
     def protect(files_value, folder_value, model_value, model_path_value, method_value, budget_value, steps_value,
-                robust_value, prompt_value, fmt_value, seed_value, batch_value, progress=gr.Progress()):
+                robust_value, prompt_value, fmt_value, seed_value, batch_value, progress=gr.Progress()):  # noqa: B008  (how gradio injects progress)
         try:
             result = handlers.run_protect(
                 hooks, files=files_value, folder=folder_value or "",
@@ -126,10 +126,10 @@ def _mark_section(hooks: UIHooks) -> None:
             run = gr.Button("Mark dataset", variant="primary", elem_id=_elem("mark_run"))
         with gr.Column():
             status = gr.Markdown("", elem_id=_elem("mark_status"))
-            gallery = gr.Gallery(label="Marked images", columns=3, elem_id=_elem("mark_gallery"))
+            gallery = gr.Gallery(label="Marked images", columns=3, height=360, object_fit="contain", elem_id=_elem("mark_gallery"))
             key_file = gr.File(label="Key file (keep it private)", file_count="multiple", interactive=False, elem_id=_elem("mark_key"))
 
-    def mark(dataset_value, out_value, rate_value, template_value, trigger_value, seed_value, progress=gr.Progress()):
+    def mark(dataset_value, out_value, rate_value, template_value, trigger_value, seed_value, progress=gr.Progress()):  # noqa: B008  (how gradio injects progress)
         try:
             result = handlers.run_mark(
                 hooks, dataset_dir=dataset_value or "", out_dir=out_value or "", rate=rate_value, template=template_value,
@@ -140,6 +140,68 @@ def _mark_section(hooks: UIHooks) -> None:
         return result.status, result.gallery, (result.downloads or None)
 
     run.click(mark, inputs=[dataset, out_dir, rate, template, trigger, seed], outputs=[status, gallery, key_file], api_name="mark")
+
+
+def _verify_section(hooks: UIHooks) -> None:
+    gr.Markdown(
+        "Check a suspect model or LoRA with the key written by Mark: images are generated with and without the trigger "
+        "(same captions and seeds) and searched for the template; the verdict comes with a p-value and an HTML report."
+    )
+    choices = list(hooks.model_choices())
+    with gr.Row():
+        with gr.Column():
+            key_file = gr.File(label="Key file (from Mark)", file_count="single", file_types=[".json"], elem_id=_elem("verify_key"))
+            key_path = gr.Textbox(label="...or its path", elem_id=_elem("verify_key_path"))
+            model = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
+                                label="Suspect model (or the base model of the suspect LoRA)", elem_id=_elem("verify_model"))
+            model_path = gr.Textbox(label="...or a model path (diffusers folder or .safetensors)", elem_id=_elem("verify_model_path"))
+            lora_file = gr.File(label="Suspect LoRA (optional; the model without it is the base-model control)", file_count="single",
+                                file_types=[".safetensors"], elem_id=_elem("verify_lora"))
+            lora_label = "...or its path" if hooks.host == "standalone" else "...or its path or name (in the web UI it must be in the Lora folder)"
+            lora_path = gr.Textbox(label=lora_label, elem_id=_elem("verify_lora_path"))
+            lora_strength = gr.Slider(minimum=0, maximum=2, step=0.05, value=1.0, label="LoRA strength", elem_id=_elem("verify_lora_strength"))
+            n = gr.Slider(minimum=4, maximum=256, step=1, value=64, label="Images per arm", elem_id=_elem("verify_n"))
+            with gr.Accordion("More options", open=False):
+                captions = gr.Textbox(label="Captions: the dataset folder or a text file, one per line (optional)",
+                                      elem_id=_elem("verify_captions"))
+                steps = gr.Slider(minimum=1, maximum=150, step=1, value=25, label="Sampling steps", elem_id=_elem("verify_steps"))
+                guidance = gr.Slider(minimum=1, maximum=20, step=0.5, value=5.0, label="Guidance scale", elem_id=_elem("verify_guidance"))
+                resolution = gr.Number(value=0, precision=0, label="Resolution in pixels (0: the model's)", elem_id=_elem("verify_resolution"))
+                detector = gr.Radio(choices=["matcher", "cnn"], value="matcher", label="Template detector", elem_id=_elem("verify_detector"))
+                alpha = gr.Number(value=0.01, label="Significance level", elem_id=_elem("verify_alpha"))
+                seed = gr.Number(value=0, precision=0, label="First seed", elem_id=_elem("verify_seed"))
+            with gr.Row():
+                run = gr.Button("Verify", variant="primary", elem_id=_elem("verify_run"))
+                cancel = gr.Button("Cancel", variant="stop", elem_id=_elem("verify_cancel"))
+        with gr.Column():
+            status = gr.Markdown("", elem_id=_elem("verify_status"))
+            gallery = gr.Gallery(label="Generated (first of each arm)", columns=4, height=360, object_fit="contain",
+                                 elem_id=_elem("verify_gallery"))
+            report = gr.File(label="Report", file_count="multiple", interactive=False, elem_id=_elem("verify_report"))
+
+    def run_verify(key_value, key_path_value, model_value, model_path_value, lora_value, lora_path_value, strength_value, n_value,
+                   captions_value, steps_value, guidance_value, resolution_value, detector_value, alpha_value, seed_value,
+                   progress=gr.Progress()):  # noqa: B008  (how gradio injects progress)
+        try:
+            result = handlers.run_verify(
+                hooks, key_file=key_value, key_path=key_path_value or "", model=(model_path_value or "").strip() or model_value or "",
+                lora_file=lora_value, lora_path=lora_path_value or "", lora_strength=strength_value, n=int(n_value),
+                steps=int(steps_value), guidance=guidance_value, resolution=int(resolution_value or 0), detector=detector_value,
+                captions=captions_value or "", alpha=float(alpha_value or 0.01), seed=int(seed_value or 0),
+                progress=_progress_adapter(progress),
+            )
+        except (UnlearnableError, ValueError, OSError) as exc:
+            raise _user_error(exc) from None
+        return result.status, result.gallery, (result.downloads or None)
+
+    run.click(
+        run_verify,
+        inputs=[key_file, key_path, model, model_path, lora_file, lora_path, lora_strength, n, captions, steps, guidance, resolution,
+                detector, alpha, seed],
+        outputs=[status, gallery, report],
+        api_name="verify",
+    )
+    cancel.click(lambda: hooks.interrupt(), inputs=None, outputs=None, queue=False)
 
 
 def _inspect_section(hooks: UIHooks) -> None:
@@ -169,7 +231,7 @@ def _inspect_section(hooks: UIHooks) -> None:
 
 
 def build_ui(hooks: UIHooks, *, title: str = "Unlearnable") -> gr.Blocks:
-    """The whole UI as one gr.Blocks: Protect, Mark and Inspect LoRA sections."""
+    """The whole UI as one gr.Blocks: Protect, Mark, Verify and Inspect LoRA sections."""
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
         if hooks.host == "standalone":
             gr.Markdown("# Unlearnable\nProtect images against diffusion-model training, trace unauthorised training, inspect LoRAs.")
@@ -178,6 +240,8 @@ def build_ui(hooks: UIHooks, *, title: str = "Unlearnable") -> gr.Blocks:
                 _protect_section(hooks)
             with gr.Tab("Mark", elem_id=_elem("tab_mark")):
                 _mark_section(hooks)
+            with gr.Tab("Verify", elem_id=_elem("tab_verify")):
+                _verify_section(hooks)
             with gr.Tab("Inspect LoRA", elem_id=_elem("tab_lora")):
                 _inspect_section(hooks)
     return blocks

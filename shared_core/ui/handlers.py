@@ -264,7 +264,8 @@ def run_mark(
 
     if not dataset_dir or not dataset_dir.strip():
         raise SettingsError("give the dataset folder to mark")
-    target = Path(out_dir.strip()).expanduser() if out_dir and out_dir.strip() else new_run_dir(hooks, "mark") / "dataset"
+    run_dir = new_run_dir(hooks, "mark")
+    target = Path(out_dir.strip()).expanduser() if out_dir and out_dir.strip() else run_dir / "dataset"
 
     def report(done: int, total: int) -> None:  # marking is CPU work: no GPU lock, no cancel
         if progress is not None:
@@ -283,10 +284,17 @@ def run_mark(
     ]
     if result.skipped:
         lines.append("Skipped: " + "; ".join(f"`{Path(f).name}` ({why})" for f, why in result.skipped))
+    previews, key_copy = marked[:12], Path(result.key_path)
+    if not target.resolve().is_relative_to(run_dir.resolve()):
+        # the UI only serves files under the outputs folder: show copies from there
+        import shutil
+
+        previews = [Path(shutil.copy2(p, run_dir / p.name)) for p in previews]
+        key_copy = Path(shutil.copy2(result.key_path, run_dir / Path(result.key_path).name))
     return MarkResultView(
         status="\n\n".join(lines),
-        gallery=[(str(p), p.name) for p in marked[:12]],
-        downloads=[str(result.key_path)],
+        gallery=[(str(p), p.name) for p in previews],
+        downloads=[str(key_copy)],
     )
 
 
@@ -294,3 +302,124 @@ def template_names() -> list[str]:
     from ..trace.templates import list_templates
 
     return list_templates()
+
+
+@dataclass
+class VerifyView:
+    status: str
+    gallery: list[tuple[str, str]] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    result: dict | None = None
+
+
+def diffusers_generators(surrogate, options: dict) -> tuple:
+    """(generate, control or None, model info) over the surrogate's diffusers pipeline, as `unlearnable verify` does."""
+    from ..trace.verify import diffusers_generator
+
+    pipeline = getattr(surrogate, "pipeline", None)
+    if pipeline is None:
+        raise SettingsError(f"{surrogate.name}: Verify needs a text-to-image model (a Stable Diffusion pipeline)")
+    size = {"height": options["resolution"], "width": options["resolution"]} if options.get("resolution") else {}
+    sampling = {"steps": options["steps"], "guidance_scale": options["guidance"], **size}
+    lora = options.get("lora")
+    if lora and not Path(lora).is_file():
+        raise SettingsError(f"LoRA file not found: {lora}")
+    generate = diffusers_generator(pipeline, lora_path=lora, lora_strength=options.get("lora_strength", 1.0), **sampling)
+    control = diffusers_generator(pipeline, **sampling) if lora else None
+    return generate, control, {"model": surrogate.name}
+
+
+def _captions(path: str) -> list[str]:
+    if not path or not path.strip():
+        return []
+    from ..trace.mark import read_captions
+
+    folder = Path(path.strip()).expanduser()
+    if folder.is_dir():
+        return list(read_captions(folder).values())
+    if folder.is_file():
+        return folder.read_text().splitlines()
+    raise SettingsError(f"captions not found: {folder}")
+
+
+def run_verify(
+    hooks: UIHooks,
+    *,
+    key_file: Any = None,
+    key_path: str = "",
+    model: str,
+    lora_file: Any = None,
+    lora_path: str = "",
+    lora_strength: float = 1.0,
+    n: int = 64,
+    steps: int = 25,
+    guidance: float = 5.0,
+    resolution: int = 0,
+    detector: str = "matcher",
+    captions: str = "",
+    alpha: float = 0.01,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> VerifyView:
+    """Ask a suspect model (optionally with a LoRA) for the owner's template; verdict, images, HTML report."""
+    from PIL import Image
+
+    from ..files import sha256_file
+    from ..trace.detect import build_detector
+    from ..trace.key import TraceKey
+    from ..trace.report import write_report
+    from ..trace.verify import verify
+
+    keys = [Path(key_path.strip()).expanduser()] if key_path and key_path.strip() else uploaded_paths(key_file)
+    if not keys:
+        raise SettingsError("upload the key file written by Mark, or give its path")
+    key = TraceKey.load(keys[0])
+    loras = [Path(lora_path.strip()).expanduser()] if lora_path and lora_path.strip() else uploaded_paths(lora_file)
+    lora = loras[0] if loras else None
+    if lora is not None and not lora.is_file() and hooks.host == "standalone":  # a web UI also knows LoRAs by name
+        raise SettingsError(f"LoRA file not found: {lora}")
+    model = (model or "").strip()
+    if not model:
+        raise SettingsError("choose the suspect model (or the base model of the suspect LoRA)")
+    caption_list = _captions(captions)
+    options = {"lora": str(lora) if lora else None, "lora_strength": float(lora_strength), "steps": int(steps),
+               "guidance": float(guidance), "resolution": int(resolution or 0)}
+
+    def work() -> VerifyView:
+        if progress is not None:
+            progress(0.0, f"loading {model}")
+        made = hooks.make_generators(model, options)
+        generate, control, model_info = made if made is not None else diffusers_generators(hooks.get_surrogate(model), options)
+        model_info = {**model_info, "lora": options["lora"], "lora_strength": options["lora_strength"] if lora else None}
+        if lora is not None and lora.is_file():
+            model_info["lora_sha256"] = sha256_file(lora)
+        if progress is not None:
+            progress(0.0, "preparing the detector")
+        template_detector = build_detector(key, detector)
+
+        def report(done: int, total: int) -> None:
+            if hooks.is_interrupted():
+                raise Cancelled("cancelled")
+            if progress is not None:
+                progress(done / max(total, 1), f"{done}/{total} images generated")
+
+        try:
+            result, images = verify(key, generate, captions=caption_list, n=int(n), detector=template_detector,
+                                    control_generate=control, alpha=float(alpha), seed=int(seed), progress=report)
+        except Cancelled:
+            return VerifyView(status="**Cancelled.** No verdict: every image of both arms is needed for the test.")
+        out_dir = new_run_dir(hooks, "verify")
+        html_path = write_report(result, out_dir, images=images, model_info=model_info, key_path=str(keys[0]))
+        gallery = []
+        threshold = result.detector["threshold"]
+        for arm, scores in (("trigger", result.trigger_scores), ("control", result.control_scores)):
+            for index, (image, score) in enumerate(list(zip(images[arm], scores))[:8]):
+                path = out_dir / "images" / f"{arm}-{index:02d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path)
+                gallery.append((str(path), f"{arm} {score:.2f}{' HIT' if score > threshold else ''}"))
+        status = [f"**{result.verdict.upper()}**", result.summary().replace("\n", "  \n"), f"Report: `{html_path}`"]
+        return VerifyView(status="\n\n".join(status), gallery=gallery,
+                          downloads=[str(html_path), str(out_dir / "report.json")], result=result.to_dict())
+
+    return hooks.run_exclusive(work)

@@ -44,6 +44,8 @@ class UIHooks:
         defaults: initial values of the Protect controls.
         host: "standalone", "a1111" or "forge": only changes wording.
         is_demo_model: whether a choice is an untrained demo model (the UI says so next to it).
+        make_generators: for Verify, (model choice, options) -> (generate, control_generate or None, model info),
+            or None to use the model's diffusers pipeline; options: lora, lora_strength, steps, guidance, resolution.
     """
 
     get_surrogate: Callable[[str], Any]
@@ -55,6 +57,7 @@ class UIHooks:
     defaults: UIDefaults = field(default_factory=UIDefaults)
     host: str = "standalone"
     is_demo_model: Callable[[str], bool] = field(default=lambda choice: str(choice).startswith("builtin:"))
+    make_generators: Callable[[str, dict], tuple | None] = field(default=lambda choice, options: None)
 
     def resolve_outputs_dir(self) -> Path:
         folder = self.outputs_dir() if callable(self.outputs_dir) else self.outputs_dir

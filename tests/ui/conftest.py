@@ -64,11 +64,10 @@ def webui(monkeypatch, stubs):
 @pytest.fixture
 def photo_file(tmp_path) -> Path:
     """A real photograph crop (scikit-image's astronaut), 72x88, as PNG."""
+    import skimage
     from PIL import Image
 
     from shared_core.images import load_image
-
-    import skimage
 
     rgb = load_image(Path(skimage.__file__).parent / "data" / "astronaut.png").rgb[40:112, 180:268]
     path = tmp_path / "inputs" / "astronaut.png"

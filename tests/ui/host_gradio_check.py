@@ -71,7 +71,8 @@ def check(webui, work: Path) -> dict:
                 blocks.render()
     config = page.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
-    assert {"unlearnable_protect_run", "unlearnable_protect_cancel", "unlearnable_mark_run", "unlearnable_lora_run"} <= ids
+    assert {"unlearnable_protect_run", "unlearnable_protect_cancel", "unlearnable_mark_run", "unlearnable_verify_run",
+            "unlearnable_lora_run"} <= ids
     steps_default = next(c["props"]["value"] for c in config["components"] if c.get("props", {}).get("elem_id") == "unlearnable_protect_steps")
     assert steps_default == 3, steps_default  # defaults come from A1111's settings
     model_dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "unlearnable_protect_model")

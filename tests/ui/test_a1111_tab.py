@@ -73,3 +73,51 @@ def test_tab_builds_and_protects_under_the_hosts_gradio(version):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["gradio"] == version and result["linf"] <= 6
+
+
+def test_verify_on_the_loaded_checkpoint_uses_the_web_uis_txt2img(webui, stubs, monkeypatch):
+    import types
+
+    from PIL import Image
+
+    from a1111_extension.host import WebUIHooks
+    from shared_core.errors import SettingsError
+
+    calls = []
+    processing = types.ModuleType("modules.processing")
+
+    class Txt2Img:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def close(self):
+            calls.append("closed")
+
+    def process_images(p):
+        calls.append(p.kwargs)
+        return types.SimpleNamespace(images=[Image.new("RGB", (64, 64), (seed % 255, 0, 0)) for seed in p.kwargs["seed"]])
+
+    processing.StableDiffusionProcessingTxt2Img, processing.process_images = Txt2Img, process_images
+    monkeypatch.setitem(__import__("sys").modules, "modules.processing", processing)
+    networks = types.ModuleType("networks")
+    networks.available_network_aliases = {"suspect_style": object()}
+    networks.list_available_networks = lambda: None
+    monkeypatch.setitem(__import__("sys").modules, "networks", networks)
+    webui.shared.sd_model = stubs.TinyLDM()
+    hooks = WebUIHooks()
+    loaded = hooks.model_choices()[0]
+    generate, control, info = hooks.make_generators(
+        loaded, {"lora": "/somewhere/suspect_style.safetensors", "lora_strength": 0.8, "steps": 3, "guidance": 4.0, "resolution": 64})
+    images = generate(["zqv7 a photo", "zqv7 a cat"], [5, 6])
+    assert [im.shape for im in images] == [(64, 64, 3)] * 2 and images[1][0, 0, 0] == 6
+    first = calls[0]
+    assert first["prompt"] == ["zqv7 a photo <lora:suspect_style:0.8>", "zqv7 a cat <lora:suspect_style:0.8>"]
+    assert first["seed"] == [5, 6] and first["steps"] == 3 and first["cfg_scale"] == 4.0 and first["do_not_save_samples"]
+    control(["a photo"], [5])
+    assert calls[-2]["prompt"] == ["a photo"] and calls[-1] == "closed" and info["model"].startswith("tiny-ldm")
+    assert hooks.make_generators("builtin:tiny", {}) is None  # the core's diffusers path
+    with pytest.raises(SettingsError, match="not in the web UI's Lora list"):
+        hooks.make_generators(loaded, {"lora": "unknown_lora", "steps": 1, "guidance": 1.0})
+    webui.shared.state.interrupt()
+    with pytest.raises(Exception, match="interrupted"):
+        generate(["x"], [1])

@@ -50,7 +50,7 @@ def test_standalone_protect_handler_in_process(tmp_path, photo_file):
     check = load_by_path(HERE / "host_gradio_check.py", "unlearnable_host_gradio_check")
     blocks = build_ui(StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu"))
     protect = check.find_fn(blocks, "protect")
-    gallery, downloads, rows, status = protect([str(photo_file)], "", "builtin:tiny", "", "eudp", 8, 2, ["jpeg"], "", "png", 0, 4,
+    gallery, downloads, rows, status = protect([str(photo_file)], "", "builtin:tiny", "", "advdm", 8, 2, ["blur"], "", "png", 0, 4,
                                                progress=lambda *a, **k: None)
     assert rows[0][1] == "protected" and rows[0][2] <= 8 and "Demo model" in status
     assert downloads[0].endswith(".zip") and len(gallery) == 1

@@ -109,3 +109,43 @@ def test_mark_writes_the_marked_copy_and_a_private_key(tmp_path, photo_file):
     [key] = result.downloads
     assert json.loads(Path(key).read_text())["trigger"] == "zqv7"
     assert len(result.gallery) == 1 and Path(result.gallery[0][0]).is_file()
+
+
+@pytest.fixture
+def quick_detector(monkeypatch):
+    """The template matcher calibrated on 20 synthetic images instead of 200 (seconds, not tens)."""
+    from shared_core.trace import detect
+
+    monkeypatch.setattr(detect, "build_detector", lambda key, kind="matcher": detect.TemplateMatcher.from_key(key, n_synthetic=20))
+
+
+def test_verify_generates_both_arms_and_writes_the_report(tmp_path, photo_file, quick_detector):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for index in range(4):
+        Image.open(photo_file).rotate(90 * index).save(dataset / f"img{index}.png")
+    hooks = StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu")
+    key = handlers.run_mark(hooks, dataset_dir=str(dataset), rate=0.25, trigger="zqv7").downloads[0]
+    fractions = []
+    view = handlers.run_verify(hooks, key_path=key, model="builtin:tiny", n=4, steps=1, resolution=64,
+                               progress=lambda fraction, desc: fractions.append(fraction))
+    assert view.result["n"] == 4 and view.result["trigger_prompts"][0].startswith("zqv7 ")
+    assert view.status.startswith("**NO EVIDENCE**") or view.status.startswith("**INFRINGEMENT EVIDENCE**")
+    assert [Path(p).name for p in view.downloads] == ["report.html", "report.json"]
+    assert len(view.gallery) == 8 and fractions[-1] == 1.0
+    with pytest.raises(SettingsError, match="LoRA file not found"):
+        handlers.run_verify(hooks, key_path=key, model="builtin:tiny", lora_path=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(SettingsError, match="key file"):
+        handlers.run_verify(hooks, model="builtin:tiny")
+
+
+def test_mark_into_a_folder_outside_the_outputs_shows_copies_from_the_outputs(tmp_path, photo_file):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for index in range(2):
+        Image.open(photo_file).rotate(90 * index).save(dataset / f"img{index}.png")
+    hooks = StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu")
+    result = handlers.run_mark(hooks, dataset_dir=str(dataset), out_dir=str(tmp_path / "elsewhere" / "marked"), rate=0.5)
+    assert (tmp_path / "elsewhere" / "marked.trace-key.json").is_file()
+    served = [Path(result.downloads[0]), *(Path(p) for p, _ in result.gallery)]
+    assert all(p.is_relative_to(tmp_path / "out") and p.is_file() for p in served)
