@@ -47,6 +47,19 @@ def _tqdm_factory(enabled: bool, unit: str):
     return factory
 
 
+def _counting_progress(enabled: bool, unit: str):
+    """A `progress(done, total)` callback drawing a tqdm bar created on the first call."""
+    bar = _tqdm_factory(enabled, unit)
+    update = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal update
+        update = update or bar(total)
+        update(1)
+
+    return progress
+
+
 def cmd_protect(args) -> int:
     """Add a bounded, imperceptible perturbation to images so diffusion models learn them badly.
 
@@ -159,14 +172,7 @@ def cmd_mark(args) -> int:
         if not args.corners:
             raise UnlearnableError(f"--template {args.template}: a template image needs --corners 'x1,y1 x2,y2 x3,y3 x4,y4'")
         template = load_template(args.template, parse_corners(args.corners))
-    bar = _tqdm_factory(not args.no_progress, "image")
-    update = None
-
-    def progress(done, total):
-        nonlocal update
-        update = update or bar(total)
-        update(1)
-
+    progress = _counting_progress(not args.no_progress, "image")
     result = mark_dataset(args.dataset, args.out, rate=args.rate, template=template, trigger=args.trigger, seed=args.seed,
                           key_path=args.key, progress=progress)  # fmt: skip
     for path, reason in result.skipped:
@@ -202,14 +208,7 @@ def cmd_verify(args) -> int:
     if args.captions:
         path = Path(args.captions)
         captions = list(read_captions(path).values()) if path.is_dir() else path.read_text().splitlines()
-    bar = _tqdm_factory(not args.no_progress, "image")
-    update = None
-
-    def progress(done, total):
-        nonlocal update
-        update = update or bar(total)
-        update(1)
-
+    progress = _counting_progress(not args.no_progress, "image")
     result, images = verify(key, generate, captions=captions, n=args.n, detector=detector, control_generate=control,
                             alpha=args.alpha, seed=args.seed, progress=progress)  # fmt: skip
     model_info = {"model": args.model, "lora": args.lora, "lora_strength": args.lora_strength if args.lora else None}
