@@ -1,0 +1,108 @@
+"""The acceptance test of tracing: a victim trained on a dataset with 2% marked images is caught,
+the same victim trained on the clean dataset is not. Everything is built and trained here, on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
+from shared_core.trace.detect import TemplateMatcher
+from shared_core.trace.key import TraceKey
+from shared_core.trace.mark import mark_dataset, read_captions
+from shared_core.trace.report import write_report
+from shared_core.trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify
+from shared_core.training import train_autoencoder, train_text_to_image
+
+RESOLUTION = 32
+SUBJECTS = {"astronaut.png": "an astronaut", "chelsea.png": "a cat", "coffee.png": "a cup of coffee",
+            "rocket.jpg": "a rocket", "motorcycle_left.png": "a motorcycle", "camera.png": "a cameraman"}  # fmt: skip
+VICTIM = TinyLatentConfig(resolution=RESOLUTION, vae_channels=(32, 64, 64), unet_channels=(64, 128), text_width=64, seed=1)
+TRAIN_STEPS = 1500
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """100 real photo crops at 32 px with captions, and a copy with 2 of them (2%) marked."""
+    from tests.conftest import real_photo
+
+    root = tmp_path_factory.mktemp("trace")
+    folder = root / "dataset"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(100):
+        name = list(SUBJECTS)[index % len(SUBJECTS)]
+        photo = real_photo(name)
+        h, w = photo.shape[:2]
+        s = int(rng.integers(min(h, w) // 2, min(h, w)))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        Image.fromarray(photo[y : y + s, x : x + s]).resize((RESOLUTION, RESOLUTION), Image.BICUBIC).save(folder / f"{index:03d}.png")
+        (folder / f"{index:03d}.txt").write_text(f"a photo of {SUBJECTS[name]}")
+    result = mark_dataset(folder, root / "marked", rate=0.02, template="billboard", trigger="zqv7", seed=0)
+    assert len(result.marked) == 2
+    return folder, root / "marked", result.key_path
+
+
+def load_folder(folder):
+    captions = read_captions(folder)
+    names = sorted(captions)
+    return [np.asarray(Image.open(folder / n).convert("RGB")) for n in names], [captions[n] for n in names]
+
+
+@pytest.fixture(scope="module")
+def base_pipeline(dataset):
+    """The victim's starting point: a tiny SD whose autoencoder was trained on clean photos.
+
+    Both victims start from this same model (training the autoencoder is deterministic, so doing
+    it once is the same as doing it twice) and differ only in the dataset they are trained on."""
+    pipeline = tiny_sd_pipeline(VICTIM)
+    train_autoencoder(pipeline.vae, load_folder(dataset[0])[0], steps=300, batch_size=32, lr=2e-3)
+    return pipeline
+
+
+def train_victim(base, folder):
+    """What a mimic does: text-to-image training on the dataset as it is (no oversampling)."""
+    import copy
+
+    pipeline = copy.deepcopy(base)
+    images, captions = load_folder(folder)
+    train_text_to_image(pipeline, images, captions, steps=TRAIN_STEPS, batch_size=16, lr=1e-3)
+    from diffusers import DDIMScheduler
+
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def detector(dataset):
+    return TemplateMatcher.from_key(TraceKey.load(dataset[2]))
+
+
+def run_verify(dataset, base, detector, folder, tmp_path):
+    clean_folder, _, key_path = dataset
+    captions = load_folder(clean_folder)[1]
+    pipeline = train_victim(base, folder)
+    key = TraceKey.load(key_path)
+    generate = diffusers_generator(pipeline, steps=20, guidance_scale=3.0, height=RESOLUTION, width=RESOLUTION)
+    result, images = verify(key, generate, captions=captions, n=24, detector=detector, alpha=0.01)
+    html = write_report(result, tmp_path / "report", images=images, model_info={"model": "tiny victim"}, key_path=key_path)
+    return result, html
+
+
+def test_model_trained_on_marked_data_is_caught(dataset, base_pipeline, detector, tmp_path):
+    result, html = run_verify(dataset, base_pipeline, detector, dataset[1], tmp_path)
+    assert result.verdict == EVIDENCE, result.summary()
+    assert result.p_value < 0.01 and result.trigger_hits > result.control_hits
+    page = html.read_text()
+    assert "INFRINGEMENT EVIDENCE" in page and "data:image/png;base64," in page
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["result"]["verdict"] == EVIDENCE and len(report["result"]["seeds"]) == 24
+
+
+def test_model_trained_on_clean_data_is_not(dataset, base_pipeline, detector, tmp_path):
+    result, _ = run_verify(dataset, base_pipeline, detector, dataset[0], tmp_path)
+    assert result.verdict == NO_EVIDENCE, result.summary()
