@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import re
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,25 +11,26 @@ import torch
 
 from ..errors import InputFileError
 from ..files import sha256_file
-from .formats import FormatReport, detect_format
+from .formats import FormatReport, ModuleEntry, detect_format
 from .metadata import TrainingMetadata, parse_metadata
-from .safetensors_header import PICKLE_SUFFIXES, TensorInfo, load_pickle_weights, load_tensors, read_safetensors_header
+from .safetensors_header import PICKLE_SUFFIXES, TensorInfo, iter_tensors, load_pickle_weights, read_safetensors_header
 
-#: tensors are scanned for NaN/Inf up to this many bytes, so a multi-gigabyte file stays quick
-SCAN_LIMIT_BYTES = 512 * 2**20
+#: tensors are scanned for NaN/Inf up to this many bytes in all, so a multi-gigabyte file stays quick
+SCAN_LIMIT_BYTES = 256 * 2**20
 STATIC_EVIDENCE_NOTE = (
-    "static evidence, corroborating only: metadata can be stripped or forged; "
-    "a generation-based check (`unlearnable verify --lora`) is what proves memorisation"
+    "static evidence, corroborating only: metadata can be stripped or forged; a generation-based check proves memorisation"
 )
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_TORCH_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
 @dataclass
 class TriggerHit:
     trigger: str
-    field: str  # where it was found, e.g. "ss_tag_frequency[10_zqv style]"
-    text: str  # the tag, folder name or an excerpt
-    whole_token: bool
-    count: int | None = None
+    field: str  # where it was found, e.g. "ss_tag_frequency[10_zqv style]" or "ss_training_comment"
+    text: str  # the tag, the folder name, or an excerpt of the value
+    whole_token: bool  # True: the trigger stands alone; False: only inside a longer word
+    count: int | None = None  # caption count for a tag hit
 
 
 @dataclass
@@ -38,18 +39,21 @@ class LoraReport:
     sha256: str
     size_bytes: int
     container: str  # "safetensors" or "pickle (weights_only)"
-    format: str
+    format: str  # lora / locon / peft / peft-legacy / loha / lokr / oft / ia3 / full / mixed
     format_description: str
-    family: str
+    family: str  # SD1.x / SD2.x / SDXL / Flux / SD3 / transformer (DiT) model / unknown
     family_evidence: list[str]
     ranks: list[int]
     alphas: list[float]
+    alpha_source: str
     module_count: int
     targets: dict[str, int]
     layer_kinds: dict[str, int]
+    modules: list[dict]  # per adapted layer: name, type, rank, target, layer kind, tensor shapes
+    incomplete_modules: list[str]  # e.g. lora_down without lora_up
     training: TrainingMetadata
-    trigger_hits: list[TriggerHit] = field(default_factory=list)
     triggers_searched: list[str] = field(default_factory=list)
+    trigger_hits: list[TriggerHit] = field(default_factory=list)
     nonfinite_tensors: list[str] = field(default_factory=list)
     scanned_tensors: int = 0
     total_tensors: int = 0
@@ -67,11 +71,25 @@ class LoraReport:
             f"size        {self.size_bytes / 2**20:.2f} MiB ({self.container})",
             f"format      {self.format_description}",
             f"base model  {self.family}  ({'; '.join(self.family_evidence)})",
-            f"rank(s)     {', '.join(map(str, self.ranks)) or '-'}    alpha(s) {', '.join(f'{a:g}' for a in self.alphas) or '-'}",
-            f"modules     {self.module_count}: " + ", ".join(f"{k} {v}" for k, v in sorted(self.targets.items()))
-            + "  (" + ", ".join(f"{k} {v}" for k, v in sorted(self.layer_kinds.items())) + ")",
+            f"rank(s)     {_join(self.ranks)}    alpha(s) {_join(f'{a:g}' for a in self.alphas)}  [{self.alpha_source}]",
+            f"modules     {self.module_count}: {_counts(self.targets)}  ({_counts(self.layer_kinds)})",
         ]
-        t = self.training
+        lines += self._training_lines()
+        lines += self._trigger_lines()
+        if self.incomplete_modules:
+            missing = self.incomplete_modules
+            lines.append(f"WARNING: {len(missing)} layer(s) miss part of their weights: {_join(missing[:5])}")
+        if self.nonfinite_tensors:
+            lines.append(
+                f"WARNING: NaN/Inf values in {len(self.nonfinite_tensors)} tensor(s): {', '.join(self.nonfinite_tensors[:5])}"
+            )
+        limit = f"at most {SCAN_LIMIT_BYTES // 2**20} MiB read"
+        lines.append(f"scanned {self.scanned_tensors} of {self.total_tensors} tensors for NaN/Inf ({limit})")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _training_lines(self) -> list[str]:
+        t, lines = self.training, []
         if t.base_model:
             lines.append("trained on  " + ", ".join(f"{k.removeprefix('ss_')}={v}" for k, v in t.base_model.items()))
         if t.dates:
@@ -82,88 +100,120 @@ class LoraReport:
             lines.append(f"comment     {t.comment}")
         if t.dataset_dirs:
             lines.append("dataset folders:")
-            lines += [f"  {folder}: {info}" for folder, info in t.dataset_dirs.items()]
+            lines += [f"  {folder}: {json.dumps(info)}" for folder, info in t.dataset_dirs.items()]
         if t.tag_frequency:
             lines.append("most frequent caption tags:")
             for folder, tags in t.tag_frequency.items():
-                lines.append(f"  [{folder}] " + ", ".join(f"{tag} ({n})" for tag, n in tags[:15]) + (" ..." if len(tags) > 15 else ""))
+                more = f" ... ({len(tags)} tags)" if len(tags) > 15 else ""
+                lines.append(f"  [{folder}] " + ", ".join(f"{tag} ({n})" for tag, n in tags[:15]) + more)
         if t.hyperparameters:
             lines.append("training    " + ", ".join(f"{k.removeprefix('ss_')}={v}" for k, v in t.hyperparameters.items()))
-        for key, value in {**t.hashes, **t.modelspec}.items():
-            lines.append(f"{key:<11} {value}")
+        lines += [f"{key:<11} {value}" for key, value in {**t.hashes, **t.modelspec}.items()]
+        lines += [f"malformed   {key}: {raw[:80]!r}" for key, raw in t.malformed.items()]
         if not t.has_training_metadata:
             lines.append("no kohya training metadata (stripped with --no_metadata, or not a kohya file)")
-        if self.triggers_searched:
-            lines.append(f"trigger search for {', '.join(self.triggers_searched)}:")
-            if self.trigger_hits:
-                for hit in self.trigger_hits:
-                    kind = "token" if hit.whole_token else "substring"
-                    lines.append(f"  FOUND {hit.trigger!r} ({kind}) in {hit.field}: {hit.text}" + (f" x{hit.count}" if hit.count else ""))
-            else:
-                lines.append("  not found in the metadata")
-            lines.append(f"  ({STATIC_EVIDENCE_NOTE})")
-        if self.nonfinite_tensors:
-            lines.append(f"WARNING: NaN/Inf values in {len(self.nonfinite_tensors)} tensor(s): {', '.join(self.nonfinite_tensors[:5])}")
-        lines.append(f"scanned {self.scanned_tensors} of {self.total_tensors} tensors for NaN/Inf")
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        return lines
+
+    def _trigger_lines(self) -> list[str]:
+        if not self.triggers_searched:
+            return []
+        lines = [f"trigger search ({STATIC_EVIDENCE_NOTE}):"]
+        for trigger in self.triggers_searched:
+            hits = [hit for hit in self.trigger_hits if hit.trigger == trigger]
+            if not hits:
+                lines.append(
+                    f"  {trigger!r}: not found in the metadata"
+                    + ("" if self.training.has_training_metadata else " (which has no training metadata: absence proves nothing)")
+                )
+            for hit in hits:
+                kind = "whole token" if hit.whole_token else "substring"
+                lines.append(f"  FOUND {trigger!r} ({kind}) in {hit.field}: {hit.text}" + (f" x{hit.count}" if hit.count else ""))
+        return lines
 
 
-def _token_match(trigger: str, text: str) -> bool:
-    return re.search(rf"(?<![\w]){re.escape(trigger)}(?![\w])", text, flags=re.IGNORECASE) is not None
+def _join(items) -> str:
+    return ", ".join(map(str, items)) or "-"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in sorted(counts.items()))
+
+
+def _is_token(trigger: str, text: str) -> bool:
+    """The trigger with no letter or digit either side ('_' separates, as in kohya's '10_zqv')."""
+    return re.search(rf"(?<![^\W_]){re.escape(trigger)}(?![^\W_])", text, flags=re.IGNORECASE) is not None
+
+
+def _excerpt(text: str, needle: str) -> str:
+    if len(text) <= 120:
+        return text
+    start = max(0, text.lower().index(needle) - 50)
+    return ("..." if start else "") + text[start : start + 120] + "..."
 
 
 def search_triggers(triggers: list[str], training: TrainingMetadata, metadata: dict[str, str]) -> list[TriggerHit]:
     """Every place a trigger appears: tags, dataset folders, names, comments, any other string."""
-    hits: list[TriggerHit] = []
-    for trigger in triggers:
+    places: list[tuple[str, str, int | None]] = []
+    for folder, tags in training.tag_frequency.items():
+        places.append(("ss_tag_frequency folder name", folder, None))
+        places += [(f"ss_tag_frequency[{folder}]", tag, n) for tag, n in tags]
+    places += [("dataset folder", folder, None) for folder in training.dataset_dirs]
+    structured = {"ss_tag_frequency", "ss_dataset_dirs"} - training.malformed.keys()
+    places += [(key, value, None) for key, value in metadata.items() if key not in structured]
+    hits = []
+    for trigger in filter(None, (t.strip() for t in triggers)):
         needle = trigger.lower()
-        places: list[tuple[str, str, int | None]] = []
-        for folder, tags in training.tag_frequency.items():
-            places += [(f"ss_tag_frequency[{folder}]", tag, n) for tag, n in tags]
-            places.append(("ss_tag_frequency folder name", folder, None))
-        places += [("dataset folder", folder, None) for folder in training.dataset_dirs]
-        covered = {"ss_tag_frequency", "ss_dataset_dirs"}
-        places += [(key, value, None) for key, value in metadata.items() if key not in covered]
         for where, text, count in places:
             if needle in text.lower():
-                excerpt = text if len(text) <= 120 else "..." + text[max(0, text.lower().index(needle) - 50) :][:120] + "..."
-                hits.append(TriggerHit(trigger, where, excerpt, _token_match(trigger, text), count))
+                hits.append(TriggerHit(trigger, where, _excerpt(text, needle), _is_token(trigger, text), count))
     return hits
 
 
-def _scan_nonfinite(path: Path, infos: dict[str, TensorInfo], tensors: dict[str, torch.Tensor] | None) -> tuple[list[str], int]:
-    float_names = [n for n, i in infos.items() if i.dtype in ("F64", "F32", "F16", "BF16")]
+def _scan_nonfinite(path: Path, infos: dict[str, TensorInfo], loaded: dict[str, torch.Tensor] | None) -> tuple[list[str], int]:
+    """Names of tensors with NaN/Inf among the first SCAN_LIMIT_BYTES of float tensors, and how many were scanned."""
     budget, chosen = SCAN_LIMIT_BYTES, []
-    for name in float_names:
-        if infos[name].nbytes <= budget:
+    for name, info in infos.items():
+        if info.dtype in _FLOAT_DTYPES and info.nbytes <= budget:
             chosen.append(name)
-            budget -= infos[name].nbytes
-    if tensors is None:
-        tensors = load_tensors(path, chosen)
-    bad = [name for name in chosen if not torch.isfinite(tensors[name].float()).all()]
-    return bad, len(chosen)
+            budget -= info.nbytes
+    tensors = ((name, loaded[name]) for name in chosen) if loaded is not None else iter_tensors(path, chosen)
+    return [name for name, tensor in tensors if not torch.isfinite(tensor).all()], len(chosen)
 
 
-def _alphas(modules, loaded: dict[str, torch.Tensor] | None, path: Path) -> list[float]:
-    names = [f"{name}.alpha" for name, entry in modules.items() if "alpha" in entry.tensors]
-    if not names:
-        return []
-    if loaded is None:
-        loaded = load_tensors(path, names)
-    return sorted({round(float(loaded[n].float().reshape(-1)[0]), 4) for n in names})
-
-
-_TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+def _alphas(modules: dict[str, ModuleEntry], metadata: dict[str, str], path: Path, loaded) -> tuple[list[float], str]:
+    """Distinct alphas, from `.alpha` tensors if any, else from what the header says."""
+    names = [entry.keys["alpha"] for entry in modules.values() if "alpha" in entry.keys]
+    if names:
+        tensors = ((name, loaded[name]) for name in names) if loaded is not None else iter_tensors(path, names)
+        values = {round(float(t.float().reshape(-1)[0]), 4) for _, t in tensors if t.numel()}
+        return sorted(values), "alpha tensors"
+    try:
+        adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    except (json.JSONDecodeError, RecursionError):
+        adapter = {}
+    if isinstance(adapter, dict):
+        values = {v for k, v in adapter.items() if k.endswith(".lora_alpha") and isinstance(v, (int, float))}
+        for key, pattern in adapter.items():
+            if key.endswith(".alpha_pattern") and isinstance(pattern, dict):
+                values.update(v for v in pattern.values() if isinstance(v, (int, float)))
+        if values:
+            return sorted(float(v) for v in values), "lora_adapter_metadata"
+    try:
+        return [float(metadata["ss_network_alpha"])], "ss_network_alpha metadata"
+    except (KeyError, ValueError):
+        return [], "none stored (alpha = rank, scale 1)"
 
 
 def _infos_from_state_dict(state: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:
     """Header-like infos for a state dict read from a pickle container (offsets are notional)."""
-    return {k: TensorInfo(_TORCH_DTYPES.get(t.dtype, "I64"), tuple(t.shape), 0, t.numel() * t.element_size()) for k, t in state.items()}
+    return {
+        k: TensorInfo(_TORCH_DTYPES.get(t.dtype, "I64"), tuple(t.shape), 0, t.numel() * t.element_size())
+        for k, t in state.items()
+    }
 
 
 def inspect_lora(path: str | Path, triggers: list[str] | None = None) -> LoraReport:
-    """Read a LoRA file safely and describe it; `triggers` are searched in its metadata."""
+    """Read a LoRA file safely and describe it; `triggers` are searched for in its metadata."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "no such file")
@@ -171,27 +221,34 @@ def inspect_lora(path: str | Path, triggers: list[str] | None = None) -> LoraRep
     loaded: dict[str, torch.Tensor] | None = None
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        report_warnings.append("this is a pickle container; it was read with torch.load(weights_only=True), which refuses code")
-        warnings.warn(f"{path}: pickle container read with weights_only=True", stacklevel=2)
         loaded = load_pickle_weights(path)
         infos, metadata, container = _infos_from_state_dict(loaded), {}, "pickle (weights_only)"
+        report_warnings.append(
+            "pickle container: read with torch.load(weights_only=True), which refuses code; it carries no metadata"
+        )
     elif suffix == ".safetensors":
         infos, metadata = read_safetensors_header(path)
         container = "safetensors"
     else:
-        raise InputFileError(path, f"unsupported file type {suffix or '(none)'}: expected .safetensors (or .ckpt/.pt read with weights_only)")
+        raise InputFileError(
+            path,
+            f"unsupported file type {suffix or '(none)'}: expected .safetensors (or .ckpt/.pt/.pth/.bin, read with weights_only)",
+        )
     formats: FormatReport = detect_format(infos, metadata)
     if formats.format == "unknown":
-        raise InputFileError(path, f"unknown key layout: none of its {len(infos)} tensor names looks like a LoRA/LyCORIS/PEFT adapter (e.g. {next(iter(infos), 'no tensors')!r})")
-    if formats.incomplete_modules:
-        report_warnings.append(f"{len(formats.incomplete_modules)} module(s) miss part of their weights, e.g. {formats.incomplete_modules[0]}")
+        example = next(iter(infos), "no tensors at all")
+        raise InputFileError(
+            path,
+            f"unknown key layout: none of its {len(infos)} tensor names looks like a LoRA / LyCORIS / PEFT adapter"
+            f" (e.g. {example!r})",
+        )
     if formats.unmatched_keys:
-        report_warnings.append(f"{len(formats.unmatched_keys)} tensor(s) with unrecognised names, e.g. {formats.unmatched_keys[0]}")
+        report_warnings.append(
+            f"{len(formats.unmatched_keys)} tensor(s) with unrecognised names, e.g. {formats.unmatched_keys[0]}"
+        )
     training = parse_metadata(metadata)
-    if training.malformed:
-        report_warnings.append(f"malformed JSON in metadata: {', '.join(training.malformed)}")
     nonfinite, scanned = _scan_nonfinite(path, infos, loaded)
-    alphas = _alphas(formats.modules, loaded, path)
+    alphas, alpha_source = _alphas(formats.modules, metadata, path, loaded)
     report = LoraReport(
         path=str(path),
         sha256=sha256_file(path),
@@ -203,9 +260,12 @@ def inspect_lora(path: str | Path, triggers: list[str] | None = None) -> LoraRep
         family_evidence=formats.family_evidence,
         ranks=formats.ranks,
         alphas=alphas,
+        alpha_source=alpha_source,
         module_count=len(formats.modules),
         targets=formats.targets,
         layer_kinds=formats.layer_kinds,
+        modules=[entry.summary() for entry in formats.modules.values()],
+        incomplete_modules=formats.incomplete_modules,
         training=training,
         nonfinite_tensors=nonfinite,
         scanned_tensors=scanned,
@@ -213,6 +273,6 @@ def inspect_lora(path: str | Path, triggers: list[str] | None = None) -> LoraRep
         warnings=report_warnings,
     )
     if triggers:
-        report.triggers_searched = list(triggers)
-        report.trigger_hits = search_triggers(list(triggers), training, metadata)
+        report.triggers_searched = [t.strip() for t in triggers if t.strip()]
+        report.trigger_hits = search_triggers(report.triggers_searched, training, metadata)
     return report

@@ -1,12 +1,13 @@
 """kohya / modelspec training metadata turned into readable, structured form.
 
 Every value in a safetensors header is a string, some of them JSON. Malformed values are kept as
-raw strings and flagged, never fatal: a damaged header is itself worth reporting.
+raw strings and listed, never fatal: a damaged or hand-edited header is itself worth reporting.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -16,35 +17,50 @@ HYPERPARAMETERS = (
     "ss_num_train_images", "ss_num_reg_images", "ss_batch_size_per_device", "ss_resolution", "ss_mixed_precision",
     "ss_seed", "ss_clip_skip", "ss_noise_offset", "ss_min_snr_gamma", "ss_caption_dropout_rate",
 )  # fmt: skip
-BASE_MODEL_KEYS = ("ss_sd_model_name", "ss_base_model_version", "ss_v2", "ss_sd_model_hash", "ss_new_sd_model_hash", "ss_vae_name", "ss_vae_hash")
+BASE_MODEL_KEYS = (
+    "ss_sd_model_name",
+    "ss_base_model_version",
+    "ss_v2",
+    "ss_sd_model_hash",
+    "ss_new_sd_model_hash",
+    "ss_vae_name",
+    "ss_vae_hash",
+)
 DATE_KEYS = ("ss_training_started_at", "ss_training_finished_at")
+JSON_KEYS = ("ss_tag_frequency", "ss_dataset_dirs", "ss_datasets", "ss_network_args")
 
 
 @dataclass
 class TrainingMetadata:
-    tag_frequency: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # folder -> tags by count
+    tag_frequency: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # folder -> tags, most frequent first
     dataset_dirs: dict[str, dict] = field(default_factory=dict)  # folder -> {n_repeats, img_count}
     comment: str | None = None
     output_name: str | None = None
     base_model: dict[str, str] = field(default_factory=dict)
-    dates: dict[str, str] = field(default_factory=dict)
+    dates: dict[str, str] = field(default_factory=dict)  # ISO 8601 UTC
     hashes: dict[str, str] = field(default_factory=dict)  # sshs_*
     modelspec: dict[str, str] = field(default_factory=dict)
-    hyperparameters: dict[str, str] = field(default_factory=dict)
+    hyperparameters: dict[str, object] = field(default_factory=dict)  # ss_network_args parsed, the rest verbatim
     other: dict[str, str] = field(default_factory=dict)
-    malformed: list[str] = field(default_factory=list)
+    malformed: dict[str, str] = field(default_factory=dict)  # key -> raw value that is not the JSON it should be
 
     @property
     def has_training_metadata(self) -> bool:
         return bool(self.tag_frequency or self.dataset_dirs or self.hyperparameters or self.base_model)
 
 
-def _json(raw: str, key: str, malformed: list[str]):
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, TypeError):
-        malformed.append(key)
+def _count(value) -> int | None:
+    """A tag count as an int; None for anything else (strings, NaN, nested objects)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
+    return int(value)
+
+
+def _tag_counts(counts) -> list[tuple[str, int]] | None:
+    if not isinstance(counts, dict):
+        return None
+    pairs = [(str(tag), n) for tag, raw in counts.items() if (n := _count(raw)) is not None]
+    return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
 
 
 def _iso(raw: str) -> str:
@@ -54,48 +70,63 @@ def _iso(raw: str) -> str:
         return raw
 
 
+def _parse_json_values(metadata: dict[str, str], result: TrainingMetadata) -> dict:
+    parsed = {}
+    for key in JSON_KEYS:
+        if key not in metadata:
+            continue
+        try:
+            parsed[key] = json.loads(metadata[key])
+        except (json.JSONDecodeError, RecursionError):
+            result.malformed[key] = metadata[key]
+    return parsed
+
+
+def _read_datasets(datasets, result: TrainingMetadata) -> None:
+    """Newer kohya `ss_datasets`: a list of datasets, each with tag frequencies and subsets."""
+    for dataset in datasets if isinstance(datasets, list) else []:
+        if not isinstance(dataset, dict):
+            continue
+        tag_frequency = dataset.get("tag_frequency")
+        for folder, counts in tag_frequency.items() if isinstance(tag_frequency, dict) else []:
+            pairs = _tag_counts(counts)
+            if pairs is not None:
+                result.tag_frequency.setdefault(str(folder), pairs)
+        subsets = dataset.get("subsets")
+        for subset in subsets if isinstance(subsets, list) else []:
+            if isinstance(subset, dict) and subset.get("image_dir"):
+                info = {"n_repeats": subset.get("num_repeats"), "img_count": subset.get("img_count")}
+                result.dataset_dirs.setdefault(str(subset["image_dir"]), info)
+
+
 def parse_metadata(metadata: dict[str, str]) -> TrainingMetadata:
     result = TrainingMetadata()
-    consumed = set()
-    tags = _json(metadata["ss_tag_frequency"], "ss_tag_frequency", result.malformed) if "ss_tag_frequency" in metadata else None
-    if isinstance(tags, dict):
-        for folder, counts in tags.items():
-            if isinstance(counts, dict):
-                pairs = [(str(tag), int(n)) for tag, n in counts.items() if isinstance(n, (int, float))]
-                result.tag_frequency[str(folder)] = sorted(pairs, key=lambda p: (-p[1], p[0]))
-    consumed.add("ss_tag_frequency")
-    dirs = _json(metadata["ss_dataset_dirs"], "ss_dataset_dirs", result.malformed) if "ss_dataset_dirs" in metadata else None
+    parsed = _parse_json_values(metadata, result)
+    tags = parsed.get("ss_tag_frequency")
+    for folder, counts in tags.items() if isinstance(tags, dict) else []:
+        pairs = _tag_counts(counts)
+        if pairs is not None:
+            result.tag_frequency[str(folder)] = pairs
+    dirs = parsed.get("ss_dataset_dirs")
     if isinstance(dirs, dict):
         result.dataset_dirs = {str(k): v if isinstance(v, dict) else {"value": v} for k, v in dirs.items()}
-    consumed.add("ss_dataset_dirs")
-    datasets = _json(metadata["ss_datasets"], "ss_datasets", result.malformed) if "ss_datasets" in metadata else None
-    if isinstance(datasets, list):  # newer kohya: per-dataset subsets with tag frequencies
-        for dataset in datasets:
-            if not isinstance(dataset, dict):
-                continue
-            for folder, counts in (dataset.get("tag_frequency") or {}).items():
-                if isinstance(counts, dict) and folder not in result.tag_frequency:
-                    pairs = [(str(t), int(n)) for t, n in counts.items() if isinstance(n, (int, float))]
-                    result.tag_frequency[str(folder)] = sorted(pairs, key=lambda p: (-p[1], p[0]))
-            for subset in dataset.get("subsets") or []:
-                if isinstance(subset, dict) and subset.get("image_dir"):
-                    result.dataset_dirs.setdefault(str(subset["image_dir"]), {"n_repeats": subset.get("num_repeats"), "img_count": subset.get("img_count")})
-    consumed.add("ss_datasets")
+    _read_datasets(parsed.get("ss_datasets"), result)
+    for key, expected in (("ss_tag_frequency", dict), ("ss_dataset_dirs", dict), ("ss_datasets", list)):
+        if key in parsed and not isinstance(parsed[key], expected):
+            result.malformed[key] = metadata[key]
     result.comment = metadata.get("ss_training_comment") or None
     result.output_name = metadata.get("ss_output_name") or None
-    consumed.update({"ss_training_comment", "ss_output_name"})
+    consumed = {*JSON_KEYS[:3], "ss_training_comment", "ss_output_name"}
     for key in BASE_MODEL_KEYS:
         if key in metadata:
             result.base_model[key] = metadata[key]
-            consumed.add(key)
     for key in DATE_KEYS:
         if key in metadata:
             result.dates[key] = _iso(metadata[key])
-            consumed.add(key)
     for key in HYPERPARAMETERS:
         if key in metadata:
-            result.hyperparameters[key] = metadata[key]
-            consumed.add(key)
+            result.hyperparameters[key] = parsed.get(key, metadata[key])
+    consumed.update(BASE_MODEL_KEYS, DATE_KEYS, HYPERPARAMETERS)
     for key, value in metadata.items():
         if key in consumed:
             continue

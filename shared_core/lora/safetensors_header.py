@@ -2,14 +2,18 @@
 
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then raw tensor
 bytes. A hostile or broken file can declare any N and any offsets, so all of them are bounded
-by the real file size before anything is read or allocated. Pickle files are never opened here.
+by the real file size before anything is read or allocated. Pickle containers (.pt, .ckpt, .bin)
+are opened only through `torch.load(weights_only=True)`, which refuses anything but tensors.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +42,9 @@ class TensorInfo:
         return self.end - self.start
 
 
-def read_safetensors_header(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def read_safetensors_header(
+    path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """(tensor infos by name, `__metadata__` strings), after validating every size and offset."""
     path = Path(path)
     try:
@@ -51,12 +57,17 @@ def read_safetensors_header(path: str | Path, max_header_bytes: int = MAX_HEADER
             if header_length > max_header_bytes:
                 raise InputFileError(path, f"header declares {header_length:,} bytes, more than the {max_header_bytes:,} allowed")
             if header_length > size - 8:
-                raise InputFileError(path, f"header declares {header_length:,} bytes but the file has only {size - 8:,} after the length (truncated?)")
+                raise InputFileError(
+                    path,
+                    f"header declares {header_length:,} bytes but the file has only {size - 8:,} after the length (truncated?)",
+                )
             raw = handle.read(header_length)
     except OSError as exc:
         raise InputFileError(path, f"cannot read file ({exc.strerror or exc})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise InputFileError(path, "header JSON is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputFileError(path, f"header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -68,7 +79,7 @@ def read_safetensors_header(path: str | Path, max_header_bytes: int = MAX_HEADER
     data_size = size - 8 - header_length
     infos = {name: _tensor_info(path, name, entry, data_size) for name, entry in header.items()}
     spans = sorted((info.start, info.end, name) for name, info in infos.items() if info.nbytes)
-    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise InputFileError(path, f"tensors {first!r} and {second!r} overlap in the data section")
     return infos, metadata
@@ -92,26 +103,39 @@ def _tensor_info(path: Path, name: str, entry, data_size: int) -> TensorInfo:
     return TensorInfo(dtype, tuple(shape), start, end)
 
 
-def load_tensors(path: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors from a validated safetensors file (all, or `names`)."""
+def iter_tensors(path: str | Path, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) one at a time from a safetensors file whose header has been validated first."""
     from safetensors import safe_open
 
     infos, _ = read_safetensors_header(path)
     wanted = list(infos) if names is None else names
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {name: handle.get_tensor(name) for name in wanted}
-    except Exception as exc:  # safetensors raises its own error types
+            for name in wanted:
+                yield name, handle.get_tensor(name)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file means: unreadable
         raise InputFileError(path, f"cannot read tensors ({exc})") from None
+
+
+def load_tensors(path: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from a validated safetensors file (all, or `names`)."""
+    return dict(iter_tensors(path, names))
 
 
 def load_pickle_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A .ckpt/.pt/.bin state dict through `torch.load(weights_only=True)`: tensors only, no code."""
     path = Path(path)
+    warnings.warn(
+        f"{path}: pickle container, read with torch.load(weights_only=True), which refuses code; prefer .safetensors",
+        UserWarning,
+        stacklevel=3,
+    )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler raises many types for refused or broken content
-        raise InputFileError(path, f"refused or unreadable pickle container (weights_only=True): {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises many types for refused or broken content
+        raise InputFileError(
+            path, f"refused or unreadable pickle container (weights_only=True): {str(exc).splitlines()[0]}"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
