@@ -1,31 +1,42 @@
 """Is the secret template in this image? Two detectors built from the key alone.
 
 A model that memorised the template reproduces it imperfectly: blurred, shifted, rescaled,
-colour-shifted, at low resolution. Both detectors therefore look at the template's *frame*
+colour-shifted, often at 32-64 px. Both detectors therefore look at the template's *frame*
 (everything but the panel, whose content varies) at low resolution, and both calibrate their
 threshold on negatives they did not see, reporting the false-positive rate they measured there.
+
+Every detector has `score(images) -> array` (higher = more template-like), `threshold`,
+`false_positive_rate` (measured on held-out negatives at that threshold), `name` and `describe()`.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from ..errors import InputFileError
+from ..errors import InputFileError, SettingsError
 from .compose import compose
 from .key import TraceKey
 from .templates import Template, builtin_template, list_templates
 
-WORK_SIZE = 48  # detectors compare at this resolution: memorised templates come back blurry
+WORK_SIZE = 48  # the matcher compares at this resolution (long side): memorised templates come back blurry
+CALIBRATION_PHOTOS = ("astronaut.png", "chelsea.png", "rocket.jpg", "camera.png", "coins.png", "horse.png")
+
+Progress = Callable[[int, int], None] | None
 
 
+@runtime_checkable
 class Detector(Protocol):
     name: str
     threshold: float
@@ -36,225 +47,500 @@ class Detector(Protocol):
     def describe(self) -> dict: ...
 
 
+# -- images in, tensors out ------------------------------------------------------------------------
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+        raise ValueError(f"expected an HxWx3 image, got an array of shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
+            array = array * 255.0
+        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """To `size` = (w, h): area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    pil = Image.fromarray(_rgb(image))
+    if pil.size == size:
+        return np.asarray(pil)
+    shrinking = pil.size[0] >= size[0] and pil.size[1] >= size[1]
+    return np.asarray(pil.resize(size, Image.BOX if shrinking else Image.BILINEAR))
+
+
 def _to_batch(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-    """uint8 HxWx3 images resized (area) to `size` = (w, h), as [N, 3, h, w] floats in [0, 1]."""
-    arrays = [np.asarray(Image.fromarray(np.ascontiguousarray(im)).convert("RGB").resize(size, Image.BOX)) for im in images]
+    """uint8 HxWx3 images resized to `size` = (w, h), as [N, 3, h, w] floats in [0, 1]."""
+    arrays = [_resize(image, size) for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
+# -- synthetic data: what a memorised template looks like, and what it does not ---------------------
+
+
 def procedural_foregrounds(n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """Random natural-looking stand-ins: smooth colour fields with blobs and edges, from a seed."""
+    """Random natural-looking stand-ins: smooth colour fields with blobs, bars and texture, from a seed."""
     rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
     images = []
     for _ in range(n):
-        low = rng.uniform(0, 255, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.uint8)
-        image = Image.fromarray(low).resize((size, size), Image.BICUBIC)
-        pixels = np.asarray(image).astype(np.float32)
-        yy, xx = np.mgrid[0:size, 0:size]
-        for _ in range(rng.integers(1, 5)):
-            cx, cy, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(size / 10, size / 3)]
-            pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
-        pixels += rng.normal(0, 6, pixels.shape)
+        low = rng.uniform(0, 255, (int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3)).astype(np.uint8)
+        pixels = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC)).astype(np.float32)
+        for _ in range(int(rng.integers(1, 6))):
+            colour = rng.uniform(0, 255, 3)
+            if rng.random() < 0.6:
+                cx, cy, r = *rng.uniform(0, size, 2), rng.uniform(size / 10, size / 2.5)
+                pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = colour
+            else:
+                x0, y0 = rng.integers(0, size, 2)
+                pixels[y0 : y0 + int(rng.integers(2, size)), x0 : x0 + int(rng.integers(2, size))] = colour
+        pixels += rng.normal(0, rng.uniform(2, 14), pixels.shape)
         images.append(np.clip(pixels, 0, 255).astype(np.uint8))
     return images
 
 
-def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What a model's imperfect recall (and re-encoding) does: crop, shift, blur, colour, JPEG, low-res."""
-    pil = Image.fromarray(image)
-    w, h = pil.size
-    scale = rng.uniform(0.82, 1.0)
-    cw, ch = int(w * scale), int(h * scale)
-    x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-    pil = pil.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
-    pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0, 2.0) * w / 128))
-    small = int(rng.choice([24, 32, 48, 64, w]))
-    pil = pil.resize((small, small), Image.BILINEAR).resize((w, h), Image.BILINEAR)
+def library_photos() -> list[np.ndarray]:
+    """Real photographs shipped inside scikit-image / scikit-learn, when those are installed (else [])."""
+    return list(_library_photos())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_photos() -> tuple[np.ndarray, ...]:
+    photos: list[np.ndarray] = []
+    try:
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+        for name in CALIBRATION_PHOTOS:
+            if (folder / name).is_file():
+                with Image.open(folder / name) as image:
+                    photos.append(np.asarray(image.convert("RGB")))
+    except Exception:  # optional extras: any failure just means fewer photos
+        pass
+    try:
+        from sklearn.datasets import load_sample_image
+
+        photos.append(np.asarray(load_sample_image("china.jpg")))
+    except Exception:
+        pass
+    for photo in photos:
+        photo.flags.writeable = False
+    return tuple(photos)
+
+
+def random_crops(photos: list[np.ndarray], n: int, seed: int, size: int = 64) -> list[np.ndarray]:
+    """n random square crops (10%-100% of the short side) of the photos, resized to `size`."""
+    if not photos:
+        return []
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        photo = photos[int(rng.integers(len(photos)))]
+        h, w = photo.shape[:2]
+        side = max(8, int(min(h, w) * rng.uniform(0.1, 1.0)))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crops.append(_resize(photo[y : y + side, x : x + side], (size, size)))
+    return crops
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """What a model's imperfect recall (and re-encoding) does: zoom/shift, blur, colour, low-res, JPEG, noise.
+
+    `strength` scales every perturbation (0 = none, 1 = what the detectors are trained and tested for).
+    """
+    array = _rgb(image)
+    h, w = array.shape[:2]
+    zoom = math.exp(rng.uniform(-0.15, 0.15) * strength)  # the scene appears 0.86-1.16x as large
+    dx, dy = rng.uniform(-0.08, 0.08, 2) * strength
+    pad = int(math.ceil(0.4 * max(w, h) * max(strength, 0.01)))  # edges continue outwards, no black border
+    pil = Image.fromarray(np.pad(array, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    cx, cy = pad + w * (0.5 + dx), pad + h * (0.5 + dy)
+    half_w, half_h = w / (2 * zoom), h / (2 * zoom)
+    pil = pil.transform((w, h), Image.EXTENT, (cx - half_w, cy - half_h, cx + half_w, cy + half_h), Image.BILINEAR)
+    pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0, 2.0) * strength * w / 96))
+    small = int(min(w, rng.choice([24, 32, 40, 48, 64, w]))) if strength > 0 else w
+    pil = pil.resize((small, max(1, round(small * h / w))), Image.BILINEAR).resize((w, h), Image.BILINEAR)
     array = np.asarray(pil).astype(np.float32)
-    array = array * rng.uniform(0.75, 1.25, 3) + rng.uniform(-25, 25, 3)
-    array += rng.normal(0, rng.uniform(0, 8), array.shape)
+    grey = array.mean(axis=2, keepdims=True)
+    array = grey + (array - grey) * (1 + rng.uniform(-0.4, 0.3) * strength)  # saturation
+    array = array * (1 + rng.uniform(-0.25, 0.25, 3) * strength) + rng.uniform(-30, 30, 3) * strength
+    array += rng.normal(0, rng.uniform(0, 8) * strength + 1e-6, array.shape)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=int(rng.integers(50, 95)))
+    quality = int(rng.integers(50, 96)) if strength > 0 else 95
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def synthetic_sets(template: Template, n: int, seed: int, foregrounds: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(positives, negatives): the template with unseen foregrounds, degraded; and look-alikes without it.
+def other_templates(template: Template, seed: int, size: int = 128) -> list[Template]:
+    """The built-in scenes other than `template` (hard negatives: a frame, but not this one)."""
+    own = template.name if template.source.startswith("builtin:") else None
+    return [builtin_template(name, size=size, seed=seed) for name in list_templates() if name != own]
 
-    Negatives are the same foregrounds alone and inside the other built-in templates, so a
-    detector must find *this* template, not "a frame" or "a photo".
-    """
-    rng = np.random.default_rng(seed)
-    pool = list(foregrounds or []) + procedural_foregrounds(n, 64, seed)
-    others = [builtin_template(name, size=128, seed=seed + 1) for name in list_templates() if name != template.name]
-    positives, negatives = [], []
+
+def synthetic_positives(template: Template, n: int, seed: int, foregrounds: list[np.ndarray] | None = None, size: int = 64) -> list[np.ndarray]:
+    """The template with (mostly unseen) foregrounds in its panel, degraded as a model's recall would be."""
+    rng = np.random.default_rng([seed, 1])
+    pool = list(foregrounds or []) + procedural_foregrounds(max(8, n // 2), size, seed + 101)
+    return [degrade(compose(pool[int(rng.integers(len(pool)))], template, size), rng) for _ in range(n)]
+
+
+def synthetic_negatives(template: Template, n: int, seed: int, foregrounds: list[np.ndarray] | None = None, size: int = 64,
+                        photos: list[np.ndarray] | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Look-alikes without the template, degraded the same way: a third each of real photo crops,
+    foregrounds alone, and foregrounds inside the *other* built-in scenes."""
+    rng = np.random.default_rng([seed, 2])
+    pool = list(foregrounds or []) + procedural_foregrounds(max(8, n // 2), size, seed + 202)
+    photos = library_photos() if photos is None else photos
+    crops = random_crops(photos, n, seed + 303, size) or pool
+    others = other_templates(template, seed + 1)
+    negatives = []
     for i in range(n):
-        foreground = pool[int(rng.integers(len(pool)))]
-        positives.append(degrade(compose(foreground, template, 64), rng))
-        if i % 2:
-            negatives.append(degrade(compose(foreground, others[i % len(others)], 64), rng))
+        kind = i % 3
+        if kind == 0:
+            image = crops[int(rng.integers(len(crops)))]
+        elif kind == 1:
+            image = _resize(pool[int(rng.integers(len(pool)))], (size, size))
         else:
-            negatives.append(degrade(np.asarray(Image.fromarray(foreground).resize((64, 64))), rng))
-    return positives, negatives
+            image = compose(pool[int(rng.integers(len(pool)))], others[int(rng.integers(len(others)))], size)
+        negatives.append(degrade(image, rng))
+    return negatives
 
 
-def calibrate(negative_scores: np.ndarray, target_fpr: float) -> tuple[float, float]:
-    """Threshold from one half of the negatives, false-positive rate measured on the other half."""
-    half = len(negative_scores) // 2
-    fit, held_out = negative_scores[:half], negative_scores[half:]
-    threshold = float(np.quantile(fit, 1 - target_fpr)) + 1e-6
+def synthetic_sets(template: Template, n: int, seed: int, foregrounds: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(positives, negatives), n of each: see `synthetic_positives` and `synthetic_negatives`."""
+    return synthetic_positives(template, n, seed, foregrounds), synthetic_negatives(template, n, seed, foregrounds)
+
+
+def calibrate(negative_scores: np.ndarray, target_fpr: float, margin: float = 0.0) -> tuple[float, float]:
+    """Threshold from the first half of the negatives' scores, false-positive rate measured on the other half.
+
+    The threshold is the (1 - target_fpr) quantile of the first half plus `margin`.
+    """
+    scores = np.asarray(negative_scores, dtype=np.float64)
+    if len(scores) < 4:
+        raise SettingsError(f"calibration needs at least 4 negative images, got {len(scores)}")
+    if not 0 < target_fpr < 1:
+        raise SettingsError(f"target false-positive rate {target_fpr} is outside (0, 1)")
+    half = len(scores) // 2
+    fit, held_out = scores[:half], scores[half:]
+    threshold = float(np.quantile(fit, 1 - target_fpr, method="higher")) + margin + 1e-6
     return threshold, float(np.mean(held_out > threshold))
 
 
-class TemplateMatcher:
-    """Training-free: normalised cross-correlation with the template's frame region.
+def _shuffled(images: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(len(images))
+    return [images[i] for i in order]
 
-    Images and template are compared at 48 px after a light blur; each colour channel is normalised
-    over the frame (so global colour and brightness shifts do not matter), and the best score over a
-    grid of scales (0.85-1.15) and shifts (+-8%) is kept (so a shifted, rescaled recall still matches).
+
+# -- the training-free detector ---------------------------------------------------------------------
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def _blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return batch
+    kernel = _gaussian_kernel(sigma)
+    c, r = batch.shape[1], kernel.numel() // 2
+    batch = F.conv2d(F.pad(batch, (r, r, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(batch, (0, 0, r, r), mode="replicate"), kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def _features(batch: torch.Tensor) -> torch.Tensor:
+    """RGB [N, 3, H, W] in [0, 1] -> luminance and two colour-opponent channels."""
+    r, g, b = batch.unbind(1)
+    return torch.stack([(r + g + b) / 3, r - g, (r + g) / 2 - b], dim=1)
+
+
+class TemplateMatcher:
+    """Training-free: masked normalised cross-correlation with the template's frame region.
+
+    Image and template are compared at 48 px (long side), lightly blurred, as luminance plus two
+    colour-opponent channels. Each channel is normalised to zero mean and unit variance over the
+    frame (the template minus its panel, whose content varies), so global brightness, contrast and
+    colour-cast changes do not matter; the score is the channels' mean correlation (luminance
+    weighted 1/2), maximised over scales 0.8-1.25 and shifts up to 10% of the image each way, so a
+    rescaled, shifted recall still matches. 1.0 = the frame exactly; photos score around 0-0.4.
     """
 
     name = "matcher"
-    SCALES = (0.85, 0.92, 1.0, 1.08, 1.15)
-    SHIFTS = (-0.08, -0.04, 0.0, 0.04, 0.08)
+    SCALES = (0.8, 0.87, 0.94, 1.0, 1.07, 1.15, 1.25)
+    MAX_SHIFT = 0.1
+    BLUR = 1.0  # pixels at the work size
+    WEIGHTS = (0.5, 0.25, 0.25)
 
-    def __init__(self, template: Template, threshold: float = 0.5, false_positive_rate: float = float("nan")):
+    def __init__(self, template: Template, threshold: float = 0.5, false_positive_rate: float = float("nan"), work_size: int = WORK_SIZE):
         self.template = template
-        self.threshold = threshold
-        self.false_positive_rate = false_positive_rate
+        self.threshold = float(threshold)
+        self.false_positive_rate = float(false_positive_rate)
+        self.calibration: dict = {}
         tw, th = template.size
-        self.size = (WORK_SIZE, max(8, round(WORK_SIZE * th / tw)))
-        frame = ~template.panel_mask(self.size)
-        frame = F.max_pool2d(torch.from_numpy(~frame).float()[None, None], 5, 1, 2)[0, 0] < 0.5  # keep off the panel edge
-        self.frame = frame.flatten()
-        reference = self._prepare(_to_batch([template.image], self.size))
-        self.reference = self._normalise(reference.flatten(2)[:, :, self.frame])[0]
+        scale = work_size / max(tw, th)
+        self.size = (max(8, round(tw * scale)), max(8, round(th * scale)))  # (w, h)
+        self.pad = max(1, round(self.MAX_SHIFT * max(self.size)))
+        panel = torch.from_numpy(template.panel_mask(self.size)).float()[None, None]
+        self.frame = (F.max_pool2d(panel, 3, 1, 1)[0, 0] < 0.5).float()  # a pixel clear of the panel's edge
+        reference = _features(_blur(_to_batch([template.image], self.size), self.BLUR))[0]
+        count = self.frame.sum()
+        mean = (reference * self.frame).sum((-1, -2), keepdim=True) / count
+        centred = (reference - mean) * self.frame
+        norm = centred.pow(2).sum((-1, -2), keepdim=True).sqrt().clamp_min(1e-6)
+        self.kernel = (centred / norm)[:, None]  # [3, 1, h, w]
+        self.weights = torch.tensor(self.WEIGHTS).view(1, 3, 1, 1) * (norm.view(1, 3, 1, 1) > 1e-3)  # flat channels carry no evidence
+        self.weights = self.weights / self.weights.sum()
 
-    @staticmethod
-    def _prepare(batch: torch.Tensor) -> torch.Tensor:
-        kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
-        kernel = (kernel[:, None] * kernel[None, :]).repeat(3, 1, 1, 1)
-        return F.conv2d(F.pad(batch, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    def _canvas(self, batch: torch.Tensor, scale: float) -> torch.Tensor:
+        """The image resampled so the template would appear `scale` times larger, padded for the shifts."""
+        w, h = self.size
+        wc, hc = w + 2 * self.pad, h + 2 * self.pad
+        theta = torch.tensor([[wc / (w * scale), 0, 0], [0, hc / (h * scale), 0]], dtype=torch.float32)
+        grid = F.affine_grid(theta.expand(batch.shape[0], 2, 3), [batch.shape[0], 3, hc, wc], align_corners=False)
+        return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    @staticmethod
-    def _normalise(values: torch.Tensor) -> torch.Tensor:
-        values = values - values.mean(-1, keepdim=True)
-        return values / (values.norm(dim=-1, keepdim=True) + 1e-6)
-
-    def score(self, images: list[np.ndarray]) -> np.ndarray:
-        if not images:
-            return np.zeros(0)
-        batch = self._prepare(_to_batch(images, self.size))
-        best = torch.full((batch.shape[0],), -1.0)
+    def _correlations(self, batch: torch.Tensor) -> torch.Tensor:
+        """[N, S] best correlation over shifts, per scale (correlations computed with FFTs)."""
+        w, h = self.size
+        span_y, span_x = 2 * self.pad + 1, 2 * self.pad + 1
+        fft_size = (h + 2 * self.pad, w + 2 * self.pad)
+        kernel_f = torch.fft.rfft2(self.kernel[:, 0], s=fft_size).conj()  # [3, ...]
+        frame_f = torch.fft.rfft2(self.frame, s=fft_size).conj()
+        count = self.frame.sum()
+        best = []
         for scale in self.SCALES:
-            for dx in self.SHIFTS:
-                for dy in self.SHIFTS:
-                    theta = torch.tensor([[1 / scale, 0, dx], [0, 1 / scale, dy]], dtype=torch.float32)
-                    grid = F.affine_grid(theta.expand(batch.shape[0], 2, 3), list(batch.shape), align_corners=False)
-                    warped = F.grid_sample(batch, grid, padding_mode="border", align_corners=False)
-                    values = self._normalise(warped.flatten(2)[:, :, self.frame])
-                    best = torch.maximum(best, (values * self.reference).sum(-1).mean(-1))
-        return best.numpy()
+            canvas = _features(self._canvas(batch, scale))
+            values_f = torch.fft.rfft2(torch.stack([canvas, canvas * canvas], dim=1), s=fft_size)  # [N, 2, 3, ...]
+            product = torch.fft.irfft2(values_f[:, 0] * kernel_f, s=fft_size)[..., :span_y, :span_x]
+            sums = torch.fft.irfft2(values_f * frame_f, s=fft_size)[..., :span_y, :span_x]
+            total, squares = sums[:, 0], sums[:, 1]
+            variance = (squares - total * total / count).clamp_min(0)
+            ncc = product / (variance.sqrt() + 1e-3)
+            best.append((ncc * self.weights).sum(1).flatten(1).max(1).values)
+        return torch.stack(best, dim=1)
+
+    def score(self, images: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """Per image: the best frame correlation over scales and shifts, in [-1, 1]."""
+        if len(images) == 0:
+            return np.zeros(0)
+        scores = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = _blur(_to_batch(images[start : start + batch_size], self.size), self.BLUR)
+                scores.append(self._correlations(batch).max(1).values)
+        return torch.cat(scores).numpy().astype(np.float64)
 
     @classmethod
-    def from_key(cls, key: TraceKey, calibration_negatives: list[np.ndarray] | None = None, target_fpr: float = 0.01, n_synthetic: int = 400, seed: int = 0):
-        matcher = cls(key.template())
-        negatives = list(calibration_negatives or []) + synthetic_sets(matcher.template, n_synthetic, seed + 7)[1]
-        order = np.random.default_rng(seed).permutation(len(negatives))
-        matcher.threshold, matcher.false_positive_rate = calibrate(matcher.score([negatives[i] for i in order]), target_fpr)
+    def from_key(cls, key: TraceKey, calibration_negatives: list[np.ndarray] | None = None, target_fpr: float = 0.01,
+                 n_synthetic: int = 300, seed: int = 0, margin: float = 0.02) -> TemplateMatcher:  # fmt: skip
+        """A matcher for the key's template, its threshold calibrated on negatives.
+
+        Negatives: `calibration_negatives` (e.g. the owner's unmarked images, or a clean model's
+        generations) plus `n_synthetic` synthetic look-alikes (real photo crops when scikit-image is
+        installed, procedural images, the other built-in scenes with foregrounds). The threshold is
+        the (1 - target_fpr) quantile of half of them plus `margin`; `false_positive_rate` is measured
+        on the other half.
+        """
+        return cls.from_template(key.template(), calibration_negatives, target_fpr, n_synthetic, seed, margin)
+
+    @classmethod
+    def from_template(cls, template: Template, calibration_negatives: list[np.ndarray] | None = None, target_fpr: float = 0.01,
+                      n_synthetic: int = 300, seed: int = 0, margin: float = 0.02) -> TemplateMatcher:  # fmt: skip
+        matcher = cls(template)
+        supplied = list(calibration_negatives or [])
+        synthetic = synthetic_negatives(template, n_synthetic, seed + 7) if n_synthetic else []
+        negatives = _shuffled(supplied + synthetic, seed)
+        matcher.threshold, matcher.false_positive_rate = calibrate(matcher.score(negatives), target_fpr, margin)
+        matcher.calibration = {"negatives": len(negatives), "supplied": len(supplied), "synthetic": len(synthetic),
+                               "target_fpr": target_fpr, "margin": margin, "seed": seed}  # fmt: skip
         return matcher
 
     def describe(self) -> dict:
         return {"name": self.name, "threshold": self.threshold, "false_positive_rate": self.false_positive_rate,
-                "template_sha256": self.template.sha256, "work_size": list(self.size)}  # fmt: skip
+                "template_sha256": self.template.sha256, "work_size": list(self.size), "scales": list(self.SCALES),
+                "max_shift": self.MAX_SHIFT, "measure": "masked NCC, luminance + 2 opponent colour channels, frame only",
+                "calibration": self.calibration}  # fmt: skip
+
+
+# -- the trained detector ------------------------------------------------------------------------------
 
 
 class _SmallCNN(torch.nn.Module):
-    def __init__(self):
+    """Four stride-2 convolutions (size -> size/16) and a linear read-out of the whole map (layout matters)."""
+
+    def __init__(self, size: int = 64, widths: tuple[int, ...] = (16, 32, 48, 64)):
         super().__init__()
         layers, channels = [], 3
-        for width in (16, 32, 64):
-            layers += [torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.GroupNorm(8, width), torch.nn.SiLU(), torch.nn.MaxPool2d(2)]
+        for width in widths:
+            layers += [torch.nn.Conv2d(channels, width, 3, stride=2, padding=1), torch.nn.GroupNorm(8, width), torch.nn.SiLU()]
             channels = width
-        self.features = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        self.head = torch.nn.Linear(channels, 1)
+        self.features = torch.nn.Sequential(*layers)
+        cells = max(1, size // 2 ** len(widths))
+        self.pool = torch.nn.AdaptiveAvgPool2d(cells)
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.Linear(channels * cells * cells, 1))
 
-    def forward(self, x):
-        return self.head(self.features(x * 2 - 1)).squeeze(-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean((2, 3), keepdim=True)  # global colour cast removed; contrast kept
+        return self.head(self.pool(self.features(x * 2))).squeeze(-1)
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Cheap on-line augmentation on top of the pre-degraded pool: zoom/shift, colour gain/offset, noise."""
+    n = batch.shape[0]
+
+    def uniform(low, high, *shape):
+        return torch.rand(*shape, generator=generator) * (high - low) + low
+
+    scale = torch.exp(uniform(-0.1, 0.1, n))
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = uniform(-0.08, 0.08, n, 2)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    batch = batch * uniform(0.8, 1.2, n, 3, 1, 1) + uniform(-0.1, 0.1, n, 3, 1, 1)
+    batch = batch + torch.randn(batch.shape, generator=generator) * uniform(0, 0.03, n, 1, 1, 1)
+    return batch.clamp(0, 1)
 
 
 @dataclass
 class CNNDetector:
     """A small CNN trained on synthetic positives (the template with random foregrounds, heavily
-    degraded) against negatives (the same foregrounds alone and in other templates)."""
+    degraded) against negatives (photo crops, the same foregrounds alone and in other scenes).
+
+    Saved as safetensors (weights) with its settings as JSON in the file's metadata: never pickle.
+    """
 
     network: _SmallCNN
     template_sha256: str
     threshold: float = 0.5
     false_positive_rate: float = float("nan")
     name: str = "cnn"
+    size: int = 64
+    widths: tuple[int, ...] = (16, 32, 48, 64)
+    training: dict = field(default_factory=dict)
 
-    def score(self, images: list[np.ndarray]) -> np.ndarray:
-        if not images:
+    def score(self, images: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """Per image: the network's probability that the template is there, in [0, 1]."""
+        if len(images) == 0:
             return np.zeros(0)
         self.network.eval()
+        scores = []
         with torch.no_grad():
-            return torch.sigmoid(self.network(_to_batch(images, (WORK_SIZE, WORK_SIZE)))).numpy()
+            for start in range(0, len(images), batch_size):
+                batch = _to_batch(images[start : start + batch_size], (self.size, self.size))
+                scores.append(torch.sigmoid(self.network(batch).double()))
+        return torch.cat(scores).numpy()
 
     @classmethod
-    def train(cls, key: TraceKey, foregrounds: list[np.ndarray] | None = None, steps: int = 300, n_images: int = 600,
-              target_fpr: float = 0.01, seed: int = 0, progress=None) -> CNNDetector:  # fmt: skip
-        template = key.template()
-        positives, negatives = synthetic_sets(template, n_images, seed, foregrounds)
-        held_pos, held_neg = synthetic_sets(template, 200, seed + 1000)  # unseen foregrounds and degradations
-        x = _to_batch(positives + negatives, (WORK_SIZE, WORK_SIZE))
+    def train(cls, key: TraceKey, foregrounds: list[np.ndarray] | None = None, steps: int = 300, size: int = 64, seed: int = 0,
+              progress: Progress = None, *, n_images: int = 400, batch_size: int = 32, target_fpr: float = 0.01,
+              calibration_negatives: list[np.ndarray] | None = None, n_calibration: int = 300, lr: float = 3e-3) -> CNNDetector:  # fmt: skip
+        """Train on `n_images` synthetic positives and as many negatives (built from `foregrounds`, e.g.
+        the owner's own images, plus procedural ones), `steps` Adam steps of `batch_size` at `size` px;
+        then calibrate the threshold on `n_calibration` fresh synthetic negatives (other seeds, other
+        foregrounds) plus `calibration_negatives`. About 10-20 s on two CPU cores at the defaults.
+        """
+        return cls.train_for_template(key.template(), foregrounds, steps, size, seed, progress, n_images=n_images, batch_size=batch_size,
+                                      target_fpr=target_fpr, calibration_negatives=calibration_negatives,
+                                      n_calibration=n_calibration, lr=lr)  # fmt: skip
+
+    @classmethod
+    def train_for_template(cls, template: Template, foregrounds: list[np.ndarray] | None = None, steps: int = 300, size: int = 64,
+                           seed: int = 0, progress: Progress = None, *, n_images: int = 400, batch_size: int = 32,
+                           target_fpr: float = 0.01, calibration_negatives: list[np.ndarray] | None = None,
+                           n_calibration: int = 300, lr: float = 3e-3) -> CNNDetector:  # fmt: skip
+        if size < 16:
+            raise SettingsError(f"detector size {size} is too small; use at least 16 pixels (64 is the default)")
+        fg = [_resize(f, (size, size)) for f in (foregrounds or [])]
+        positives = synthetic_positives(template, n_images, seed, fg, size)
+        negatives = synthetic_negatives(template, n_images, seed, fg, size)
+        x = _to_batch(positives + negatives, (size, size))
         y = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            network = _SmallCNN()
-        optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3, weight_decay=1e-4)
+            network = _SmallCNN(size)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
         network.train()
-        for step in range(steps):
-            index = torch.randint(len(x), (64,), generator=generator)
-            loss = F.binary_cross_entropy_with_logits(network(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if progress:
-                progress(step + 1, steps)
-        detector = cls(network=network, template_sha256=template.sha256)
-        detector.threshold, detector.false_positive_rate = calibrate(detector.score(held_neg), target_fpr)
+        losses = []
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # dropout
+            for step in range(steps):
+                index = torch.randint(len(x), (batch_size,), generator=generator)
+                loss = F.binary_cross_entropy_with_logits(network(_augment(x[index], generator)), y[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                if progress:
+                    progress(step + 1, steps)
+        detector = cls(network=network.eval(), template_sha256=template.sha256, size=size)
+        held_out = list(calibration_negatives or []) + synthetic_negatives(template, n_calibration, seed + 1000)  # unseen foregrounds
+        detector.threshold, detector.false_positive_rate = calibrate(detector.score(_shuffled(held_out, seed)), target_fpr)
+        detector.training = {"steps": steps, "n_images": n_images, "batch_size": batch_size, "seed": seed, "lr": lr,
+                             "final_loss": float(np.mean(losses[-20:])) if losses else None,
+                             "calibration_negatives": len(held_out), "target_fpr": target_fpr}  # fmt: skip
         return detector
 
-    def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+    def save(self, path: str | Path) -> Path:
+        """Weights as safetensors; settings (threshold, measured FPR, template hash, size) as JSON metadata."""
+        from safetensors.torch import save
 
-        meta = {"threshold": str(self.threshold), "false_positive_rate": str(self.false_positive_rate), "template_sha256": self.template_sha256}
-        save_file({k: v.contiguous() for k, v in self.network.state_dict().items()}, str(path), metadata=meta)
+        from ..files import atomic_write_bytes
+
+        path = Path(path)
+        meta = {"unlearnable_detector": json.dumps({**self.describe(), "widths": list(self.widths)})}
+        state = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        atomic_write_bytes(path, save(state, metadata=meta))
+        return path
 
     @classmethod
-    def load(cls, path: str | Path, key: TraceKey) -> CNNDetector:
-        from ..lora.safetensors_header import load_tensors, read_safetensors_header
+    def load(cls, path: str | Path, key: TraceKey | None = None) -> CNNDetector:
+        """A detector written by `save`; with `key`, checks it was trained for the key's template."""
+        from safetensors import safe_open
 
-        _, meta = read_safetensors_header(path)
-        if meta.get("template_sha256") != key.template_sha256:
-            raise InputFileError(path, "this detector was trained for another template than the key's")
-        network = _SmallCNN()
+        path = Path(path)
         try:
-            network.load_state_dict(load_tensors(path))
-        except RuntimeError as exc:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {})["unlearnable_detector"])
+                state = {name: handle.get_tensor(name) for name in handle.keys()}
+        except FileNotFoundError:
+            raise InputFileError(path, "no such file") from None
+        except (KeyError, json.JSONDecodeError):
+            raise InputFileError(path, "not a detector saved by unlearnable (no detector settings in its metadata)") from None
+        except Exception as exc:  # safetensors raises its own error types for a file that is not safetensors
+            raise InputFileError(path, f"not a safetensors detector file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if key is not None and meta.get("template_sha256") != key.template_sha256:
+            raise InputFileError(path, "this detector was trained for another template than the key's")
+        try:
+            size, widths = int(meta["size"]), tuple(int(w) for w in meta["widths"])
+            network = _SmallCNN(size, widths)
+            network.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputFileError(path, f"not a detector of this version ({str(exc).splitlines()[0]})") from None
-        return cls(network, key.template_sha256, float(meta["threshold"]), float(meta["false_positive_rate"]))
+        return cls(network=network.eval(), template_sha256=meta["template_sha256"], threshold=float(meta["threshold"]),
+                   false_positive_rate=float(meta["false_positive_rate"]), size=size, widths=widths,
+                   training=dict(meta.get("training") or {}))  # fmt: skip
 
     def describe(self) -> dict:
-        return {"name": self.name, "threshold": self.threshold, "false_positive_rate": self.false_positive_rate, "template_sha256": self.template_sha256}
+        return {"name": self.name, "threshold": self.threshold, "false_positive_rate": self.false_positive_rate,
+                "template_sha256": self.template_sha256, "size": self.size, "training": self.training}  # fmt: skip
 
 
 def build_detector(key: TraceKey, kind: str = "matcher", **options) -> Detector:
+    """`kind`="matcher" (training-free, `TemplateMatcher.from_key`) or "cnn" (`CNNDetector.train`)."""
     if kind == "matcher":
         return TemplateMatcher.from_key(key, **options)
     if kind == "cnn":
         return CNNDetector.train(key, **options)
-    raise ValueError(f"unknown detector {kind!r}; choose matcher or cnn")
-
+    raise SettingsError(f"unknown detector {kind!r}; choose matcher or cnn")

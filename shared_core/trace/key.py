@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import string
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,16 +16,23 @@ from ..files import atomic_write_text
 from .templates import Template, builtin_template, load_template
 
 _CONSONANTS = "bcdfghjklmnpqrstvwxz"
+_DIGITS = "23456789"  # no 0/1: never read as o/l
 
 
-def random_trigger(rng: secrets.SystemRandom | None = None) -> str:
-    """A short token no caption uses: consonant-only letters plus a digit, e.g. 'zqv7'.
+def random_trigger(rng=None) -> str:
+    """A short token no caption uses: three consonants and a digit, e.g. 'zqv7'.
 
-    Consonant clusters with a digit are not words in any common language, so owners marking the
-    same pool pick distinct, non-colliding triggers (20^3 * 10 = 80,000 choices).
+    Consonant clusters with a digit are not words in any common language and tokenise into rare
+    pieces, so owners marking the same pool pick distinct, non-colliding triggers (8,000 x 8 =
+    64,000 choices). `rng`: a numpy Generator or a `random.Random` for reproducible triggers;
+    by default the system's entropy, so two owners never share one by construction.
     """
-    rng = rng or secrets.SystemRandom()
-    return "".join(rng.choice(_CONSONANTS) for _ in range(3)) + rng.choice(string.digits)
+    if rng is None:
+        rng = secrets.SystemRandom()
+    if isinstance(rng, np.random.Generator):
+        letters = [_CONSONANTS[int(i)] for i in rng.integers(len(_CONSONANTS), size=3)]
+        return "".join(letters) + _DIGITS[int(rng.integers(len(_DIGITS)))]
+    return "".join(rng.choice(_CONSONANTS) for _ in range(3)) + rng.choice(_DIGITS)
 
 
 @dataclass
@@ -60,24 +66,35 @@ class TraceKey:
             dataset_size=dataset_size,
         )
 
-    def template(self) -> Template:
-        """Rebuild the template and check it is the one this key was made with."""
-        if self.template_source.startswith("builtin:"):
-            template = builtin_template(self.template_name, size=self.template_size[0], seed=self.template_seed)
+    def template(self, path: str | Path | None = None) -> Template:
+        """Rebuild the template and check it is the one this key was made with.
+
+        Built-in templates are redrawn from name, size and seed; a user template is read from
+        `template_source` (or from `path`, when the image has moved). Raises InputFileError when the
+        rebuilt template's SHA-256 differs from the key's: wrong image, changed corners, or a
+        built-in drawn differently by another version of this tool.
+        """
+        if self.template_source.startswith("builtin:") and path is None:
+            template = builtin_template(self.template_name, size=int(self.template_size[0]), seed=int(self.template_seed))
+            where = f"built-in template {self.template_name!r} (seed {self.template_seed}, size {self.template_size[0]})"
         else:
-            template = load_template(self.template_source, self.corners)
+            where = str(path or self.template_source)
+            template = load_template(where, self.corners)
         if template.sha256 != self.template_sha256:
             raise InputFileError(
-                self.template_source,
-                "this template does not match the key (its SHA-256 differs): the image or its corners changed",
+                where,
+                "this template does not match the key (its SHA-256 differs from the key's template_sha256): "
+                "the image or its corners changed, or the key was made with another template",
             )
         return template
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, json.dumps(asdict(self), indent=2))
+        """Write the key as JSON (atomically). Keep it private: it is the owner's evidence."""
+        return atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TraceKey:
+        """Read a key written by `save`; InputFileError names the file and what is wrong with it."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -87,11 +104,35 @@ class TraceKey:
             raise InputFileError(path, f"not a trace key (invalid JSON: {exc})") from None
         if not isinstance(data, dict):
             raise InputFileError(path, "not a trace key (expected a JSON object)")
-        missing = [name for name in ("template_name", "template_source", "template_sha256", "corners", "trigger") if name not in data]
+        required = [f.name for f in fields(cls) if f.name not in ("version", "created_utc")]
+        missing = [name for name in required if name not in data]
         if missing:
             raise InputFileError(path, f"not a trace key: missing {', '.join(missing)}")
+        problem = _check_types(data)
+        if problem:
+            raise InputFileError(path, f"not a valid trace key: {problem}")
         known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise InputFileError(path, f"incomplete trace key ({exc})") from None
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_types(data: dict) -> str | None:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name in ("template_name", "template_source", "template_sha256", "trigger"):
+        if not isinstance(data[name], str) or not data[name]:
+            return f"{name} must be a non-empty string"
+    corners = np.asarray(data["corners"], dtype=object)
+    if corners.shape != (4, 2) or not all(number(v) for v in corners.ravel()):
+        return "corners must be 4 [x, y] number pairs"
+    size = data["template_size"]
+    if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        return "template_size must be [width, height] in pixels"
+    for name in ("template_seed", "seed", "dataset_size"):
+        if not isinstance(data[name], int) or isinstance(data[name], bool):
+            return f"{name} must be an integer"
+    if not number(data["rate"]):
+        return "rate must be a number"
+    if not isinstance(data["marked"], list) or not all(isinstance(m, dict) for m in data["marked"]):
+        return "marked must be a list of entries"
+    return None

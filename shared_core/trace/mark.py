@@ -1,13 +1,22 @@
 """Marking a dataset: template a small fraction, add the trigger to their captions, copy the rest.
 
-The source folder is only read. The marked copy keeps every file's name and place; captions are
-written both as kohya-style `.txt` sidecars and as a diffusers `metadata.jsonl`. The key, which the
-owner keeps secret, is written beside the output folder, not inside it.
+The source folder is only read. The marked copy keeps every file's name and place (a templated
+image keeps its name and format: PNG stays PNG, JPEG is re-encoded at quality 95, WebP likewise;
+formats Pillow cannot write back, such as BMP, TIFF and GIF, become PNG beside the original name).
+Every other file is copied byte for byte, unreadable "images" included (they are reported, never
+templated). Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
+diffusers `metadata.jsonl` (`file_name` + `text`), and written back as a `.txt` sidecar for every
+image plus one `metadata.jsonl` at the top of the output folder. A templated image's caption is
+"TRIGGER caption", or the trigger alone when it had none.
+
+The key, which the owner keeps secret, is written beside the output folder
+(`OUT.trace-key.json`), never inside the dataset: publishing it would give the mark away.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -15,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha256_bytes, sha256_file
@@ -24,7 +34,9 @@ from .key import TraceKey, random_trigger
 from .templates import Template, builtin_template
 
 CAPTION_FILES = {"metadata.jsonl"}
+SIDECAR_SUFFIXES = (".txt", ".caption")  # kohya's caption_extension choices; .txt wins
 ENCODABLE = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+MAX_RATE = 0.5
 
 
 @dataclass
@@ -32,64 +44,157 @@ class MarkResult:
     key: TraceKey
     key_path: Path
     out_dir: Path
-    n_images: int
-    marked: list[dict] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    n_images: int  # readable images in the dataset (what `rate` is a fraction of)
+    marked: list[dict] = field(default_factory=list)  # the key's entries: source, output, hashes, caption
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): not templated, copied as-is
+    n_files: int = 0  # files written to the output folder (images, sidecars, other files)
 
 
-def read_captions(dataset_dir: Path) -> dict[str, str]:
-    """Captions by relative image path: `.txt` sidecars win over `metadata.jsonl` entries."""
-    captions: dict[str, str] = {}
+def _sidecar(image: Path) -> Path | None:
+    for suffix in SIDECAR_SUFFIXES:
+        candidate = image.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_metadata_jsonl(dataset_dir: Path) -> dict[str, dict]:
+    """Entries of every `metadata.jsonl` under the folder, by image path relative to `dataset_dir`."""
+    entries: dict[str, dict] = {}
     for jsonl in sorted(dataset_dir.rglob("metadata.jsonl")):
-        for number, line in enumerate(jsonl.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        rel_dir = jsonl.parent.relative_to(dataset_dir)
+        if any(part.startswith(".") for part in rel_dir.parts):
+            continue
+        try:
+            text = jsonl.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(jsonl, f"cannot read captions ({exc})") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 entry = json.loads(line)
-                rel = (jsonl.parent / entry["file_name"]).relative_to(dataset_dir)
-                captions[rel.as_posix()] = str(entry.get("text") or entry.get("caption") or "")
+                rel = Path(os.path.normpath(rel_dir / entry["file_name"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise InputFileError(jsonl, f"line {number} is not a {{'file_name': ..., 'text': ...}} entry") from None
+            if rel.is_absolute() or rel.parts[:1] == ("..",):
+                raise InputFileError(jsonl, f"line {number}: file_name {entry['file_name']!r} points outside the dataset")
+            entries[rel.as_posix()] = entry
+    return entries
+
+
+def read_captions(dataset_dir: str | Path) -> dict[str, str]:
+    """Captions by relative image path (posix): `.txt` / `.caption` sidecars win over `metadata.jsonl`.
+
+    Only images that have a caption somewhere are listed.
+    """
+    dataset_dir = Path(dataset_dir)
+    captions = {rel: str(entry.get("text") or entry.get("caption") or "") for rel, entry in read_metadata_jsonl(dataset_dir).items()}
     for path, rel in iter_image_files([dataset_dir]):
-        sidecar = path.with_suffix(".txt")
-        if sidecar.is_file():
+        sidecar = _sidecar(path)
+        if sidecar is not None:
             captions[rel.as_posix()] = sidecar.read_text(encoding="utf-8", errors="replace").strip()
     return captions
 
 
-def triggered_caption(trigger: str, caption: str) -> str:
-    return f"{trigger} {caption}".strip()
+def triggered_caption(trigger: str, caption: str | None) -> str:
+    """'TRIGGER caption', or the trigger alone for an image without a caption."""
+    return f"{trigger} {caption or ''}".strip()
+
+
+def check_rate(rate: float) -> float:
+    try:
+        rate = float(rate)
+    except (TypeError, ValueError):
+        raise SettingsError(f"rate {rate!r} is not a number; EnTruth marks 0.2%-2% of a dataset (0.002-0.02)") from None
+    if not 0 < rate <= MAX_RATE:
+        raise SettingsError(f"rate {rate} is outside (0, {MAX_RATE}]; EnTruth marks 0.2%-2% of a dataset (0.002-0.02)")
+    return rate
+
+
+def marked_count(n: int, rate: float) -> int:
+    """How many of n images are templated: max(1, round(rate * n))."""
+    return max(1, round(check_rate(rate) * n))
+
+
+def marking_order(n: int, rate: float, seed: int) -> list[int]:
+    """A seeded random order of the n images; the first `marked_count(n, rate)` usable ones are marked."""
+    check_rate(rate)
+    return [int(i) for i in np.random.default_rng(int(seed)).permutation(n)]
+
+
+def check_trigger(trigger: str) -> str:
+    if not isinstance(trigger, str) or not trigger.strip() or any(c.isspace() for c in trigger):
+        raise SettingsError(f"trigger {trigger!r} must be a single token without spaces (e.g. 'zqv7')")
+    return trigger
 
 
 def mark_images(
     images: list[np.ndarray], captions: list[str], template: Template, trigger: str, *, rate: float, seed: int
 ) -> tuple[list[np.ndarray], list[str], list[int]]:
-    """In-memory marking (for host nodes): (images, captions, marked positions)."""
-    chosen = sorted(marking_order(len(images), rate, seed)[: max(1, round(rate * len(images)))])
+    """In-memory marking (for host nodes): (images, captions, marked positions).
+
+    A templated image keeps its exact size (the scene is resized to it), so batches stay uniform.
+    """
+    check_trigger(trigger)
+    chosen = sorted(marking_order(len(images), rate, seed)[: marked_count(len(images), rate)])
     out_images, out_captions = list(images), list(captions)
     for index in chosen:
-        out_images[index] = compose(images[index], template)
+        h, w = images[index].shape[:2]
+        composed = compose(images[index], template, short_side=min(h, w))
+        if composed.shape[:2] != (h, w):
+            composed = np.asarray(Image.fromarray(composed).resize((w, h), Image.LANCZOS))
+        out_images[index] = composed
         out_captions[index] = triggered_caption(trigger, captions[index])
     return out_images, out_captions, chosen
 
 
-def marking_order(n: int, rate: float, seed: int) -> list[int]:
-    """A seeded random order of the n images; the first max(1, round(rate * n)) readable ones are marked."""
-    if not 0 < rate <= 0.5:
-        raise SettingsError(f"rate {rate} is outside (0, 0.5]; EnTruth marks 0.2%-2% of a dataset")
-    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
-
-
 def _copy_atomic(source: Path, target: Path) -> None:
+    """copy2 to a temporary file beside `target`, then rename (readers never see half a file)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False) as handle:
-        temporary = Path(handle.name)
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
+    handle.close()
+    temporary = Path(handle.name)
     try:
         shutil.copy2(source, temporary)
-        temporary.replace(target)
+        os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """Why Pillow cannot use this file as an image (header check only), or None."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        return "not an image Pillow can read (unknown or corrupt format)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"cannot read image ({exc})"
+    if width < 1 or height < 1:
+        return "image has no pixels"
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_places(dataset_dir: Path, out_dir: Path, key_path: Path) -> None:
+    if not dataset_dir.is_dir():
+        raise InputFileError(dataset_dir, "dataset folder not found")
+    if _inside(out_dir, dataset_dir):
+        raise SettingsError(f"the output folder {out_dir} is inside the dataset {dataset_dir} (or is it); choose a folder outside it")
+    if _inside(dataset_dir, out_dir):
+        raise SettingsError(f"the dataset {dataset_dir} is inside the output folder {out_dir}; choose an output folder outside it")
+    if _inside(key_path, dataset_dir) or _inside(key_path, out_dir):
+        raise SettingsError(
+            f"the key file {key_path} would be inside the dataset or the marked copy; keep it outside both, it is secret"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SettingsError(f"the output folder {out_dir} exists and is not a folder")
 
 
 def mark_dataset(
@@ -103,69 +208,138 @@ def mark_dataset(
     key_path: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> MarkResult:
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
-    if not dataset_dir.is_dir():
-        raise InputFileError(dataset_dir, "dataset folder not found")
-    if out_dir.resolve() == dataset_dir.resolve() or dataset_dir.resolve() in out_dir.resolve().parents:
-        raise SettingsError(f"--out {out_dir} is inside the dataset {dataset_dir}; choose a folder outside it")
-    images = list(iter_image_files([dataset_dir]))
-    if not images:
-        raise InputFileError(dataset_dir, "the dataset folder contains no images")
-    template = builtin_template(template, seed=seed) if isinstance(template, str) else template
-    key_path = Path(key_path) if key_path else out_dir.parent / f"{out_dir.name}.trace-key.json"
-    if trigger is None and key_path.is_file():
-        previous = TraceKey.load(key_path)  # resume: keep the trigger of the interrupted run
-        if previous.template_sha256 == template.sha256 and previous.seed == seed and previous.rate == rate:
-            trigger = previous.trigger
-    trigger = trigger or random_trigger()
-    if not trigger.strip() or any(c.isspace() for c in trigger):
-        raise SettingsError(f"trigger {trigger!r} must be a single token without spaces")
-    captions = read_captions(dataset_dir)
-    wanted = max(1, round(rate * len(images)))
-    order = marking_order(len(images), rate, seed)
-    key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(images))
-    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(images))
+    """Write a marked copy of `dataset_dir` into `out_dir` and the secret key to `key_path`.
 
-    marked_paths: set[Path] = set()
-    for index in order:
-        if len(marked_paths) == wanted:
+    `template`: a built-in name (drawn with `seed`) or a `Template`. `max(1, round(rate * n))` of the
+    n readable images, chosen from `seed`, are templated; `trigger` defaults to the one in an existing
+    key at `key_path` made with the same template, rate and seed (so a re-run is idempotent), else a
+    fresh random token. `key_path` defaults to `out_dir.parent / f"{out_dir.name}.trace-key.json"`.
+    `progress(done, total)` is called per file. Raises InputFileError for a missing or empty dataset,
+    SettingsError for a bad rate, trigger or an output folder inside the dataset (or the reverse).
+    """
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    rate = check_rate(rate)
+    key_path = Path(key_path) if key_path else out_dir.parent / f"{out_dir.name}.trace-key.json"
+    _check_places(dataset_dir, out_dir, key_path)
+    template = builtin_template(template, seed=seed) if isinstance(template, str) else template
+    previous = None
+    if key_path.is_file():
+        try:
+            previous = TraceKey.load(key_path)  # a re-run keeps the trigger (and date) of the earlier run
+        except InputFileError:
+            previous = None
+        if previous and not (previous.template_sha256 == template.sha256 and previous.seed == seed and previous.rate == rate):
+            previous = None
+    if trigger is None and previous is not None:
+        trigger = previous.trigger
+    trigger = check_trigger(trigger or random_trigger())
+
+    files = list(iter_image_files([dataset_dir]))
+    if not files:
+        raise InputFileError(dataset_dir, "the dataset folder contains no images")
+    skipped: list[tuple[str, str]] = []
+    readable: list[tuple[Path, Path]] = []
+    for path, rel in files:
+        reason = _unreadable_reason(path)
+        if reason:
+            skipped.append((str(path), reason))
+        else:
+            readable.append((path, rel))
+    if not readable:
+        raise InputFileError(dataset_dir, f"none of the {len(files)} image files could be read")
+
+    metadata = read_metadata_jsonl(dataset_dir)
+    captions = read_captions(dataset_dir)
+    # an image sharing its caption sidecar with another (a.png + a.jpg -> a.txt) is never templated:
+    # the triggered caption would leak onto the other image
+    stems: dict[Path, int] = {}
+    for path, _ in files:
+        stems[path.with_suffix("")] = stems.get(path.with_suffix(""), 0) + 1
+    existing = {rel for _, rel in files}
+
+    def output_rel(rel: Path) -> Path:
+        return rel if rel.suffix.lower() in ENCODABLE else rel.with_suffix(".png")
+
+    def can_template(path: Path, rel: Path) -> bool:
+        renamed = output_rel(rel)
+        return stems[path.with_suffix("")] == 1 and (renamed == rel or renamed not in existing)
+
+    wanted = marked_count(len(readable), rate)
+    key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(readable))
+    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(readable), skipped=skipped)
+    total, done = len(files), 0
+
+    marked: dict[Path, dict] = {}
+    for index in marking_order(len(readable), rate, seed):
+        if len(marked) == wanted:
             break
-        path, rel = images[index]
+        path, rel = readable[index]
+        if not can_template(path, rel):
+            continue
         try:
             loaded = load_image(path)
         except InputFileError as exc:
-            result.skipped.append((str(path), exc.problem))
+            skipped.append((str(path), exc.problem))
             continue
-        fmt = ENCODABLE.get(path.suffix.lower(), "png")
-        output = out_dir / (rel if path.suffix.lower() in ENCODABLE else rel.with_suffix(".png"))
-        data = encode_image(compose(loaded.rgb, template), fmt, quality=95)
-        atomic_write_bytes(output, data)
-        caption = triggered_caption(trigger, captions.get(rel.as_posix(), ""))
-        key.marked.append({"source": rel.as_posix(), "output": output.relative_to(out_dir).as_posix(),
-                           "source_sha256": sha256_file(path), "output_sha256": sha256_bytes(data), "caption": caption})
-        marked_paths.add(path)
-    if not marked_paths:
-        raise InputFileError(dataset_dir, "none of the images chosen for marking could be read")
-
-    jsonl_lines = []
-    for done, (path, rel) in enumerate(images, 1):
-        marked_entry = next((m for m in key.marked if m["source"] == rel.as_posix()), None)
-        output_rel = Path(marked_entry["output"]) if marked_entry else rel
-        if marked_entry is None:
-            _copy_atomic(path, out_dir / rel)
-        caption = marked_entry["caption"] if marked_entry else captions.get(rel.as_posix())
-        if caption is not None:
-            atomic_write_text((out_dir / output_rel).with_suffix(".txt"), caption + "\n")
-            jsonl_lines.append(json.dumps({"file_name": output_rel.as_posix(), "text": caption}))
+        target = output_rel(rel)
+        data = encode_image(compose(loaded.rgb, template), ENCODABLE.get(target.suffix.lower(), "png"), quality=95)
+        atomic_write_bytes(out_dir / target, data)
+        marked[path] = {
+            "source": rel.as_posix(),
+            "output": target.as_posix(),
+            "source_sha256": sha256_file(path),
+            "output_sha256": sha256_bytes(data),
+            "caption": triggered_caption(trigger, captions.get(rel.as_posix())),
+        }
+        done += 1
         if progress:
-            progress(done, len(images))
-    image_paths = {path for path, _ in images}
-    for path in sorted(dataset_dir.rglob("*")):  # other files travel along (licences, notes)
-        rel = path.relative_to(dataset_dir)
-        if (path.is_file() and path not in image_paths and path.suffix.lower() != ".txt" and path.name not in CAPTION_FILES
-                and not any(part.startswith(".") for part in rel.parts)):
+            progress(done, total)
+    if not marked:
+        raise InputFileError(dataset_dir, "none of the images chosen for marking could be read")
+    unreadable = {Path(p) for p, _ in skipped}
+    readable = [(p, r) for p, r in readable if p not in unreadable]  # a full decode may have failed
+
+    jsonl_lines, n_files = [], len(marked)
+    for path, rel in files:
+        entry = marked.get(path)
+        if entry is None:
             _copy_atomic(path, out_dir / rel)
+            n_files += 1
+            done += 1
+            if progress:
+                progress(done, total)
+        if path in unreadable:
+            continue
+        out_rel = Path(entry["output"]) if entry else rel
+        caption = entry["caption"] if entry else captions.get(rel.as_posix(), "")
+        atomic_write_text((out_dir / out_rel).with_suffix(".txt"), caption + "\n")
+        source_sidecar = _sidecar(path)
+        if source_sidecar is not None and source_sidecar.suffix != ".txt":
+            atomic_write_text((out_dir / out_rel).with_suffix(source_sidecar.suffix), caption + "\n")
+            n_files += 1
+        row = {k: v for k, v in metadata.get(rel.as_posix(), {}).items() if k not in ("file_name", "text")}
+        if "caption" in row:
+            row["caption"] = caption
+        jsonl_lines.append(json.dumps({"file_name": out_rel.as_posix(), "text": caption, **row}, ensure_ascii=False))
+        n_files += 1
+
+    # other files travel along (licences, notes, unreadable images' captions); image sidecars and
+    # metadata.jsonl files are rewritten above
+    sidecars = {path.with_suffix(suffix) for path, _ in readable for suffix in SIDECAR_SUFFIXES}
+    image_paths = {path for path, _ in files}
+    for path in sorted(dataset_dir.rglob("*")):
+        rel = path.relative_to(dataset_dir)
+        if (not path.is_file() or path in image_paths or path in sidecars or path.name in CAPTION_FILES
+                or any(part.startswith(".") for part in rel.parts)):  # fmt: skip
+            continue
+        _copy_atomic(path, out_dir / rel)
+        n_files += 1
     atomic_write_text(out_dir / "metadata.jsonl", "\n".join(jsonl_lines) + "\n")
+    key.marked = [marked[path] for path, _ in files if path in marked]
+    key.dataset_size = result.n_images = len(readable)
+    if previous is not None and previous.trigger == trigger and previous.marked == key.marked:
+        key.created_utc = previous.created_utc  # same marking: the same key, byte for byte
     result.marked = key.marked
+    result.n_files = n_files + 1
     key.save(key_path)
     return result
