@@ -1,0 +1,176 @@
+"""Protect Image and Protection Report: thin declarations over shared_core.protect and shared_core.metrics."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+
+import numpy as np
+from PIL import Image
+
+from .declare import PREFIX, NodeSpec, Out, Param, Result
+from .host import gradients, step_progress
+from .tensors import difference_preview, from_uint8_list, mask_list, to_uint8_list
+
+ROBUSTNESS = ("jpeg", "resize", "blur")
+
+
+def parse_options(text: str) -> dict:
+    """Method options typed as `key=value` pairs, separated by commas or new lines (values parsed as JSON when possible)."""
+    options = {}
+    for item in (text or "").replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"method option {item!r} is not KEY=VALUE (e.g. sign=max, inner_steps=3)")
+        key, raw = (part.strip() for part in item.split("=", 1))
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _method_choices() -> list[str]:
+    from ..shared_core.protect import OBJECTIVES
+
+    return list(OBJECTIVES)
+
+
+def _method_help() -> str:
+    from ..shared_core.protect import OBJECTIVES
+
+    lines = []
+    for name, cls in OBJECTIVES.items():
+        summary = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines.append(f"{name}: {summary}")
+    return "\n".join(lines)
+
+
+def _protect_inputs() -> list[Param]:
+    return [
+        Param("image", "IMAGE", "The images to protect (a batch is protected together)."),
+        Param("model", "MODEL", "The surrogate diffusion model (SD 1.x, 2.x or SDXL; LoRAs applied in the graph count). It is never modified."),
+        Param("vae", "VAE", "The model's VAE; only its encoder is used."),
+        Param("method", "COMBO", _method_help(), options=_method_choices(), default="eudp"),
+        Param("budget", "FLOAT", "Largest change of any channel of any pixel, in 0-255 levels (8 is usual; lower is less visible and weaker).",
+              default=8.0, min=1.0, max=32.0, step=0.5),
+        Param("steps", "INT", "PGD steps per image tile (100 is usual; more is slower and stronger).", default=100, min=1, max=2000),
+        Param("seed", "INT", "Makes a run reproducible.", default=0, min=0, max=2**31 - 1, seed=True),
+        Param("prompt", "STRING", "Conditioning text for the surrogate (encoded with the CLIP input).", default="", multiline=True),
+        Param("robust_jpeg", "BOOLEAN", "Optimise through a differentiable JPEG so protection survives recompression (slower).", default=False),
+        Param("robust_resize", "BOOLEAN", "Optimise through random downscaling.", default=False),
+        Param("robust_blur", "BOOLEAN", "Optimise through random blur.", default=False),
+        Param("clip", "CLIP", "Encodes the prompt. Give this or a CONDITIONING.", optional=True),
+        Param("conditioning", "CONDITIONING", "Used instead of CLIP + prompt when connected.", optional=True),
+        Param("mask", "MASK", "Where to protect: 1 = full budget, 0 = untouched, in between scales the budget.", optional=True),
+        Param("options", "STRING", "Method options as key=value, e.g. sign=max, inner_steps=3.", optional=True, default=""),
+    ]  # fmt: skip
+
+
+def protect_image(image, model, vae, method="eudp", budget=8.0, steps=100, seed=0, prompt="", robust_jpeg=False,
+                  robust_resize=False, robust_blur=False, clip=None, conditioning=None, mask=None, options="") -> Result:  # fmt: skip
+    from ..shared_core.protect import ProtectSettings, protect_arrays
+    from ..shared_core.protect.pipeline import tile_layout
+    from .comfy_surrogate import ComfySurrogate
+
+    originals = to_uint8_list(image)
+    height, width = originals[0].shape[:2]
+    masks = mask_list(mask, len(originals), height, width)
+    robust = tuple(name for name, on in zip(ROBUSTNESS, (robust_jpeg, robust_resize, robust_blur)) if on)
+    settings = ProtectSettings(method=method, budget=float(budget), steps=int(steps), prompt=prompt or "", robust=robust,
+                               method_options=parse_options(options), seed=int(seed))  # fmt: skip
+    with gradients():
+        surrogate = ComfySurrogate(model, vae, clip=clip, conditioning=conditioning)
+        tile_edge = settings.tile_size or surrogate.native_resolution
+        tiles = len(originals) * len(tile_layout(height, width, tile_edge, surrogate.size_multiple))
+        protected = protect_arrays(surrogate, originals, settings, masks, step_progress(tiles * settings.steps))
+        del surrogate
+    _release_memory()
+    return Result((from_uint8_list(protected), difference_preview(originals, protected, settings.budget)))
+
+
+def _release_memory() -> None:
+    try:
+        import comfy.model_management
+
+        comfy.model_management.soft_empty_cache()
+    except (ImportError, AttributeError):
+        pass
+
+
+PROTECT_IMAGE = NodeSpec(
+    node_id=f"{PREFIX}ProtectImage",
+    display_name="Protect Image (Unlearnable)",
+    description=(
+        "Adds a bounded, nearly invisible perturbation crafted against the connected diffusion model so that models "
+        "trained or fine-tuned on the image learn it badly (UDP/EUDP and peers). Output has exactly the input's size; "
+        "large images are processed in tiles. Save it losslessly (PNG) to keep the budget exact."
+    ),
+    inputs=_protect_inputs,
+    outputs=(
+        Out("IMAGE", "protected", "The protected images (each channel within the budget of the original)."),
+        Out("IMAGE", "difference", "|protected - original| amplified so that the full budget is white."),
+    ),
+    run=protect_image,
+)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    buffer = _io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=int(quality))
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def surviving_share(before: np.ndarray, after: np.ndarray, jpeg_before: np.ndarray, jpeg_after: np.ndarray) -> str:
+    """How much of the perturbation pattern is still there after compression: the projection of the
+    change between the compressed images onto the original change (1 = intact, 0 = erased). The
+    compressor's own, uncorrelated rounding differences do not count as surviving perturbation."""
+    delta = after.astype(np.float64) - before
+    kept = jpeg_after.astype(np.float64) - jpeg_before
+    energy = float((delta * delta).sum())
+    return f"{float((kept * delta).sum()) / energy:.0%}" if energy > 0 else "n/a"
+
+
+def protection_report(original, protected, jpeg_check=True, jpeg_quality=75) -> Result:
+    from ..shared_core.metrics import psnr, visibility
+
+    originals, results = to_uint8_list(original), to_uint8_list(protected)
+    if len(originals) == 1 and len(results) > 1:
+        originals = originals * len(results)
+    if len(originals) != len(results):
+        raise ValueError(f"{len(originals)} original images for {len(results)} protected ones; connect matching batches")
+    lines = []
+    for index, (before, after) in enumerate(zip(originals, results), 1):
+        if before.shape != after.shape:
+            raise ValueError(f"image {index}: original {before.shape[1]}x{before.shape[0]} and protected "
+                             f"{after.shape[1]}x{after.shape[0]} differ in size")  # fmt: skip
+        v = visibility(before, after)
+        lines.append(f"image {index} ({before.shape[1]}x{before.shape[0]}): L-inf {v['linf']}/255, PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.4f}")
+        if jpeg_check:
+            jpeg_before, jpeg_after = jpeg_roundtrip(before, jpeg_quality), jpeg_roundtrip(after, jpeg_quality)
+            lines.append(f"  after JPEG q{int(jpeg_quality)}: PSNR {psnr(jpeg_before, jpeg_after):.2f} dB between the re-encoded original "
+                         f"and protected images; {surviving_share(before, after, jpeg_before, jpeg_after)} of the perturbation survives")  # fmt: skip
+    text = "\n".join(lines)
+    return Result((text,), ui={"text": [text]})
+
+
+PROTECTION_REPORT = NodeSpec(
+    node_id=f"{PREFIX}ProtectionReport",
+    display_name="Protection Report (Unlearnable)",
+    description="How visible the protection is, per image: L-infinity (0-255 levels), PSNR and SSIM; optionally how much of it survives a JPEG round-trip.",
+    inputs=lambda: [
+        Param("original", "IMAGE", "The images before protection."),
+        Param("protected", "IMAGE", "The output of Protect Image."),
+        Param("jpeg_check", "BOOLEAN", "Also re-encode both as JPEG and measure what is left of the perturbation.", default=True),
+        Param("jpeg_quality", "INT", "JPEG quality of the check.", default=75, min=10, max=100),
+    ],
+    outputs=(Out("STRING", "report", "One line per image (and its JPEG check)."),),
+    run=protection_report,
+    output_node=True,
+)

@@ -1,0 +1,207 @@
+"""The ComfyUI pack on stand-in ComfyUI modules: node classes, the surrogate adapter, every node run on real photos.
+
+Models are the core's tiny diffusers models dressed as ComfyUI objects (comfy_like.py), with weights
+created under torch.inference_mode() as ComfyUI's loaders create them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate
+
+from .conftest import comfy_like, runtime, tiny_pipeline
+
+NODE_IDS = ["UnlearnableProtectImage", "UnlearnableProtectionReport", "UnlearnableMarkWithTemplate", "UnlearnableVerifyModel",
+            "UnlearnableInspectLoRA"]  # fmt: skip
+
+
+def as_image(*arrays: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 arrays as a ComfyUI IMAGE batch, as LoadImage makes it."""
+    return torch.from_numpy(np.stack(arrays)).float() / 255.0
+
+
+def as_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.numpy() * 255.0).round().astype(np.int16)
+
+
+def weights_of(*modules) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [t.clone() for m in modules for t in [*m.parameters(), *m.buffers()]]
+
+
+# -- the classes ComfyUI loads ---------------------------------------------------------------
+
+
+def test_pack_exports_v3_nodes_and_v1_fallback_with_the_same_sockets(pack, pack_v1):
+    import comfy_api.latest
+
+    assert list(pack.NODE_CLASS_MAPPINGS) == NODE_IDS == list(pack_v1.NODE_CLASS_MAPPINGS)
+    assert all(name.endswith("(Unlearnable)") for name in pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+    for node_id in NODE_IDS:
+        v3, v1 = pack.NODE_CLASS_MAPPINGS[node_id], pack_v1.NODE_CLASS_MAPPINGS[node_id]
+        assert issubclass(v3, comfy_api.latest.io.ComfyNode) and not hasattr(v1, "define_schema")
+        info3, info1 = runtime.node_info(v3), runtime.node_info(v1)
+        for section in ("required", "optional"):
+            assert {k: s[0] for k, s in info3["input"].get(section, {}).items()} == {k: s[0] for k, s in info1["input"].get(section, {}).items()}
+        assert info3["output"] == info1["output"] and info3["output_name"] == info1["output_name"]
+        assert info3["category"] == "Unlearnable" and info3["description"]
+    protect = runtime.node_info(pack.NODE_CLASS_MAPPINGS["UnlearnableProtectImage"])["input"]
+    assert {"eudp", "udp", "advdm", "encoder", "mist", "aspl"} <= set(protect["required"]["method"][0])
+    assert set(protect["optional"]) == {"clip", "conditioning", "mask", "options"}
+    assert not any(name == "nodes" or name.startswith("nodes.") for name in sys.modules)
+
+
+# -- the adapter -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,prediction", [("sd", "epsilon"), ("sd", "v_prediction"), ("sdxl", "epsilon")])
+def test_adapter_matches_the_diffusers_surrogate_on_the_same_weights(pack, kind, prediction):
+    """Sigma-space x0 predictions converted back to the core's VP epsilon agree with diffusers' own."""
+    from unlearnable_comfy_pack.nodes.comfy_surrogate import ComfySurrogate
+
+    model, clip, vae = comfy_like.from_pipeline(tiny_pipeline(kind, inference=True), prediction)
+    reference_pipeline = tiny_pipeline(kind)
+    reference_pipeline.scheduler.register_to_config(prediction_type=prediction)
+    reference = LatentDiffusersSurrogate(reference_pipeline, "reference", torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 3, 64, 64, generator=generator)
+    with torch.inference_mode(False), torch.enable_grad():
+        surrogate = ComfySurrogate(model, vae, clip=clip)
+        assert torch.allclose(surrogate.alphas_cumprod, reference.alphas_cumprod, rtol=1e-5, atol=1e-7)
+        z0 = surrogate.encode(pixels)
+        assert torch.allclose(z0, reference.encode(pixels), atol=1e-5)
+        timesteps = torch.tensor([15, 640])
+        noise = torch.randn(z0.shape, generator=generator)
+        noisy = reference.add_noise(z0, noise, timesteps)
+        ours = surrogate.predict(noisy, timesteps, surrogate.encode_prompts(["a cat", "a dog"]))
+        theirs = reference.predict(noisy, timesteps, reference.encode_prompts(["a cat", "a dog"]))
+        if prediction == "v_prediction":  # the adapter always answers in epsilon
+            abar = reference.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+            theirs = abar.sqrt() * theirs + (1 - abar).sqrt() * noisy
+        assert surrogate.prediction_type == "epsilon"
+        assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    assert surrogate.native_resolution == {"sd": {"epsilon": 512, "v_prediction": 768}, "sdxl": {"epsilon": 1024}}[kind][prediction]
+
+
+def test_adapter_rejects_flow_models(pack):
+    from unlearnable_comfy_pack.nodes.comfy_surrogate import ComfySurrogate
+    from unlearnable_comfy_pack.shared_core.errors import SettingsError
+
+    model, clip, vae = comfy_like.from_pipeline(tiny_pipeline("sd", inference=True), "flow")
+    with pytest.raises(SettingsError, match="not a DDPM-family model"):
+        ComfySurrogate(model, vae, clip=clip)
+
+
+# -- Protect Image / Protection Report ---------------------------------------------------------
+
+
+def test_protect_image_on_inference_tensors_leaves_the_shared_model_unchanged(pack, sd_host_objects, photos, progress_log, comfy_host):
+    model, clip, vae, pipeline = sd_host_objects
+    assert all(p.is_inference() for p in pipeline.unet.parameters())
+    before = weights_of(pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    flags = [(p.is_inference(), p.requires_grad) for p in pipeline.unet.parameters()]
+    original = as_image(photos[0][40:120, 200:296], photos[1][60:140, 120:216])  # 80x96, not a multiple of 64
+    node = pack.NODE_CLASS_MAPPINGS["UnlearnableProtectImage"]
+    (protected, difference), _ = runtime.run_node(node, image=original, model=model, vae=vae, clip=clip, method="udp", budget=6.0,
+                                                  steps=3, options="inner_steps=1, inner_every=2", prompt="a photo")  # fmt: skip
+    assert protected.shape == original.shape and protected.dtype == torch.float32
+    change = np.abs(as_uint8(protected) - as_uint8(original))
+    assert change.max() <= 6 and change.mean() > 0.5
+    assert difference.shape == original.shape and 0.0 <= difference.min() and difference.max() <= 1.0
+    assert torch.allclose(difference, torch.from_numpy(change / 6.0).float(), atol=1e-6)
+    after = weights_of(pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "the shared model was modified"
+    assert flags == [(p.is_inference(), p.requires_grad) for p in pipeline.unet.parameters()]
+    assert progress_log[-1] == (2 * 3, 2 * 3)  # one tile per image, 3 steps each
+    loads = [call for call in comfy_host["mm"].CALLS if call[0] == "load_models_gpu"]
+    assert loads and loads[-1][1][0] is model and loads[-1][2] is True
+
+
+def test_protect_image_with_mask_conditioning_and_report(pack, sd_host_objects, photos):
+    model, clip, vae, _ = sd_host_objects
+    original = as_image(photos[2][100:164, 100:164])
+    mask = torch.zeros(1, 32, 32)
+    mask[:, :, 16:] = 1.0  # right half only; the node resizes the mask to the image
+    conditioning = [[torch.ones(1, 77, 32) * 0.1, {"pooled_output": torch.zeros(1, 32)}]]
+    node = pack.NODE_CLASS_MAPPINGS["UnlearnableProtectImage"]
+    (protected, _), _ = runtime.run_node(node, image=original, model=model, vae=vae, conditioning=conditioning, mask=mask,
+                                         method="advdm", budget=8.0, steps=3, robust_jpeg=True)  # fmt: skip
+    change = np.abs(as_uint8(protected) - as_uint8(original))[0]
+    assert change[:, :31].max() == 0 and change[:, 33:].max() > 0 and change.max() <= 8
+
+    report_node = pack.NODE_CLASS_MAPPINGS["UnlearnableProtectionReport"]
+    (text,), ui = runtime.run_node(report_node, original=original, protected=protected, jpeg_check=True, jpeg_quality=75)
+    assert text.startswith("image 1 (64x64): L-inf ") and "PSNR" in text and "SSIM" in text
+    assert "after JPEG q75" in text and "% of the perturbation survives" in text and ui == {"text": [text]}
+    with pytest.raises(ValueError, match="differ in size"):
+        runtime.run_node(report_node, original=original, protected=as_image(photos[2][:32, :32]))
+
+
+def test_protect_image_needs_clip_or_conditioning_and_can_be_cancelled(pack, sd_host_objects, photos, comfy_host):
+    from unlearnable_comfy_pack.shared_core.errors import SettingsError
+
+    model, clip, vae, _ = sd_host_objects
+    node = pack.NODE_CLASS_MAPPINGS["UnlearnableProtectImage"]
+    image = as_image(photos[0][:64, :64])
+    with pytest.raises(SettingsError, match="connect a CLIP"):
+        runtime.run_node(node, image=image, model=model, vae=vae, steps=2)
+    comfy_host["mm"].interrupt_current_processing(True)
+    with pytest.raises(comfy_host["mm"].InterruptProcessingException):
+        runtime.run_node(node, image=image, model=model, vae=vae, clip=clip, method="advdm", steps=50)
+
+
+def test_v1_protect_node_runs_on_an_older_host(pack_v1, sd_host_objects, photos):
+    model, clip, vae, _ = sd_host_objects
+    node = pack_v1.NODE_CLASS_MAPPINGS["UnlearnableProtectImage"]
+    image = as_image(photos[3][100:164, 100:164])
+    (protected, _), _ = runtime.run_node(node, image=image, model=model, vae=vae, clip=clip, method="encoder", steps=2, budget=4.0)
+    assert np.abs(as_uint8(protected) - as_uint8(image)).max() <= 4
+
+
+# -- trace and LoRA nodes ------------------------------------------------------------------------
+
+
+def test_mark_with_template_then_verify_model(pack, sd_host_objects, photos, comfy_host):
+    from shared_core.trace.key import TraceKey
+
+    model, clip, vae, _ = sd_host_objects
+    mark = pack.NODE_CLASS_MAPPINGS["UnlearnableMarkWithTemplate"]
+    foregrounds = as_image(photos[0][:96, :128], photos[1][:96, :128])
+    (marked, caption, trigger, key_path), ui = runtime.run_node(mark, images=foregrounds, template="tv_screen", trigger="",
+                                                                caption="a cat on a sofa", dataset_size=100, template_seed=3)  # fmt: skip
+    key = TraceKey.load(key_path)
+    assert key_path.startswith(str(comfy_host["base"] / "output" / "unlearnable")) and key.trigger == trigger
+    assert caption == f"{trigger} a cat on a sofa" and key.template_name == "tv_screen" and key.rate == 0.02
+    assert key.template().sha256 == key.template_sha256 and len(key.marked) == 2
+    scene = key.template()
+    assert marked.shape[0] == 2 and marked.shape[1] == 96 and abs(marked.shape[2] / 96 - scene.size[0] / scene.size[1]) < 0.02
+    assert "KEY" in ui["text"][0]
+
+    verify = pack.NODE_CLASS_MAPPINGS["UnlearnableVerifyModel"]
+    relative_key = key_path.split("output/", 1)[1]  # relative to ComfyUI's output folder
+    (verdict, trigger_images, control_images, report), _ = runtime.run_node(
+        verify, model=model, clip=clip, vae=vae, key=relative_key, n=2, steps=2, width=64, height=64, captions="a cat\na dog")
+    assert verdict.startswith("verdict: ") and "template found in" in verdict
+    assert trigger_images.shape == control_images.shape == (2, 64, 64, 3)
+    assert report.endswith("report.html") and json.loads((Path(report).parent / "report.json").read_text())["result"]["n"] == 2
+
+
+def test_inspect_lora_lists_loras_and_finds_the_trigger(pack, comfy_host):
+    metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
+                "ss_tag_frequency": json.dumps({"10_zqv7 style": {"zqv7": 12, "cat": 3}})}  # fmt: skip
+    state = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.randn(4, 32),
+             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.randn(32, 4),
+             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.alpha": torch.tensor(2.0)}  # fmt: skip
+    save_file(state, str(comfy_host["base"] / "loras" / "style.safetensors"), metadata=metadata)
+    node = pack.NODE_CLASS_MAPPINGS["UnlearnableInspectLoRA"]
+    assert runtime.node_info(node)["input"]["required"]["lora_name"][0] == ["style.safetensors"]
+    (text, as_json), ui = runtime.run_node(node, lora_name="style.safetensors", triggers="zqv7, nothere")
+    assert "FOUND 'zqv7'" in text and json.loads(as_json)["trigger_hits"] and ui == {"text": [text]}

@@ -1,0 +1,52 @@
+"""The pack inside a real ComfyUI server on CPU (runs only when COMFYUI_ROOT points to a ComfyUI checkout).
+
+    COMFYUI_ROOT=~/ComfyUI COMFYUI_PYTHON=~/comfy-venv/bin/python python -m pytest -q tests/comfyui/test_real_comfyui.py -s
+
+COMFYUI_PYTHON (default: this interpreter) must have ComfyUI's requirements and this pack's
+requirements.txt installed. ComfyUI runs in a temporary --base-directory with the pack linked into
+its custom_nodes/; the checkout is not modified. See real_comfyui.py for the tiny SD 1.5 checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import HERE, load_by_path
+
+COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
+pytestmark = pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter)")
+
+
+def test_example_workflows_run_in_a_real_comfyui(tmp_path):
+    real = load_by_path(HERE / "real_comfyui.py", "unlearnable_tests_real_comfyui")
+    assert (Path(COMFYUI_ROOT) / "main.py").is_file(), f"COMFYUI_ROOT={COMFYUI_ROOT} is not a ComfyUI checkout"
+    real.write_tiny_checkpoint(tmp_path / "models" / "checkpoints" / real.CHECKPOINT)
+    real.write_suspect_lora(tmp_path / "models" / "loras" / real.LORA)
+    with real.ComfyServer(Path(COMFYUI_ROOT), os.environ.get("COMFYUI_PYTHON", sys.executable), tmp_path) as server:
+        object_info = server.get("/object_info")
+        ours = {name: info for name, info in object_info.items() if name.startswith("Unlearnable")}
+        assert sorted(ours) == ["UnlearnableInspectLoRA", "UnlearnableMarkWithTemplate", "UnlearnableProtectImage",
+                                "UnlearnableProtectionReport", "UnlearnableVerifyModel"]  # fmt: skip
+        assert ours["UnlearnableProtectImage"]["category"] == "Unlearnable"
+        assert "eudp" in json.dumps(ours["UnlearnableProtectImage"]["input"]["required"]["method"])
+        templates = server.get("/workflow_templates")
+        assert sorted(next(v for k, v in templates.items() if "unlearnable" in k)) == [
+            "inspect_a_lora", "mark_images_for_tracing", "protect_an_image", "verify_a_lora"]
+
+        protect = real.protect_workflow_check(server, steps=4, budget=8.0)
+        trace = real.trace_workflows_check(server)
+        log = server.log_text()
+    print(json.dumps({**protect, **trace}, indent=1))
+    assert "unet missing" not in log and "unet unexpected" not in log and "Missing VAE keys" not in log
+    assert not any("unlearnable" in line and ("Cannot import" in line or "IMPORT FAILED" in line) for line in log.splitlines())
+    assert protect["output_size"] == protect["input_size"] and 0 < protect["linf"] <= protect["budget"]
+    assert "L-inf" in protect["report"][0] and "after JPEG q75" in protect["report"][0]
+    assert trace["caption"] == f"{real.TRIGGER} a photo of my painting" and Path(trace["key_path"]).is_file()
+    assert trace["verdict"].startswith("verdict: ") and "base model without the LoRA" in trace["verdict"]
+    assert Path(trace["verdict"].rsplit("report: ", 1)[1]).is_file() and trace["verify_previews"] == 4
+    assert trace["lora_report_trigger_line"].startswith(f"FOUND '{real.TRIGGER}'")
