@@ -253,6 +253,10 @@ def cmd_bench(args) -> int:
         from .bench.overhead import main as overhead_main
 
         return overhead_main(args)
+    if args.which == "efficacy":
+        from .bench.efficacy import main as efficacy_main
+
+        return efficacy_main(args)
     raise UnlearnableError(f"unknown benchmark {args.which!r}")
 
 
@@ -342,7 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=cmd_ui)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["overhead"], help="overhead: engine step time versus a bare forward+backward")
+    bench.add_argument("which", choices=["overhead", "efficacy"],
+                       help="overhead: engine step time versus a bare forward+backward; efficacy: victims trained on protected and marked data")
+    bench.add_argument("--quick", action="store_true", help="efficacy: the ~5-minute smoke plan (one seed, few conditions)")
+    bench.add_argument("--out", default=None, help="efficacy: output folder (default bench-efficacy-full or -quick); a rerun resumes")
+    bench.add_argument("--seeds", default=None, help="efficacy: comma-separated seeds instead of the plan's")
+    bench.add_argument("--settings", default=None, help="efficacy: comma-separated subset of scratch,finetune,trace")
+    bench.add_argument("--jobs", type=int, default=2, help="efficacy: settings run in parallel processes (default 2)")
     bench.add_argument("--model", default="builtin:tiny")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--batch-size", type=int, default=2)

@@ -92,7 +92,7 @@ def protect_arrays(
     for index, rgb in enumerate(images):
         for tile in tile_layout(rgb.shape[0], rgb.shape[1], tile_edge, surrogate.size_multiple):
             jobs.setdefault((tile.padded_height, tile.padded_width), []).append((index, tile))
-    tensors = [torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0 for rgb in images]
+    tensors = [torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1) / 255.0 for rgb in images]  # a copy: inputs may be read-only
     mask_tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=np.float32))[None] for m in masks]
     deltas = [torch.zeros_like(t) for t in tensors]
     for group in jobs.values():

@@ -1,0 +1,559 @@
+"""`unlearnable bench efficacy`: does protection stop learning, does tracing catch training, at what cost.
+
+A victim really trains on the protected (or marked) images and we measure what it learned. Real
+Stable Diffusion cannot run on a 2-core CPU, so the papers' settings are reproduced at small scale
+with real images and the same diffusers classes (see benchmarks/README.md):
+
+* scratch: a pixel DDPM (`UNet2DModel`) trained from scratch on the owner's digits, protected or
+  clean (the UDP paper's DDPM setting);
+* finetune: a small latent diffusion model (`StableDiffusionPipeline` classes) pretrained on digits
+  0-6 is fine-tuned with peft LoRA, or fully, on the owner's digit 7 (a class it never saw);
+* trace: a latent diffusion model trained on 200 photo crops of which 0.5 %, 1 % or 2 % were
+  marked with a template, or none, then checked with the trace verifier.
+
+Every number is repeated over `plan.seeds` (protection noise, victim initialisation and data order
+all follow the seed) and reported as mean and standard deviation. Runs are appended to runs.jsonl
+in the output folder as they finish, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from ..errors import SettingsError
+from ..files import atomic_write_text
+from ..protect import ProtectSettings, protect_arrays
+from ..surrogates.diffusers_backend import LatentDiffusersSurrogate, PixelDiffusersSurrogate
+from ..surrogates.tiny import TinyLatentConfig, tiny_pixel_ddpm, tiny_sd_pipeline
+from ..training import train_autoencoder, train_pixel_ddpm, train_text_to_image
+from .datasets import DIGIT_WORDS, digits, photo_crops
+from .quality import QualityJudge
+
+COUNTERMEASURES = ("jpeg75", "downscale", "blur")
+SETTINGS = ("finetune", "trace", "scratch")  # longest first
+
+
+# -- what is run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of preparing the owner's images before the victim trains on them."""
+
+    method: str  # "clean", "noise" (uniform random in the budget) or an objective name
+    budget: float = 8.0
+    options: tuple[tuple[str, object], ...] = ()  # method options, e.g. (("sign", "max"),)
+    timesteps: str | None = None
+    countermeasure: str | None = None  # applied by the victim before training
+    transfer: bool = False  # crafted on a surrogate that differs from the one the victim starts from
+    steps: int | None = None  # PGD steps; None = the plan's protect_steps
+
+    @property
+    def label(self) -> str:
+        name = self.method
+        if self.options:
+            name += "(" + ",".join(f"{k}={v}" for k, v in self.options) + ")"
+        if self.timesteps:
+            name += f"[{self.timesteps}]"
+        if self.method != "clean":
+            name += f" b{self.budget:g}"
+        if self.steps:
+            name += f" s{self.steps}"
+        if self.countermeasure:
+            name += f" +{self.countermeasure}"
+        if self.transfer:
+            name += " transfer"
+        return name
+
+    @property
+    def crafted(self) -> Condition:
+        """The condition whose protected images this one reuses (countermeasures apply afterwards)."""
+        return replace(self, countermeasure=None)
+
+
+def _grid(methods: list[Condition], *, sweep: list[Condition], budgets: tuple[float, ...], countered: list[Condition],
+          transferred: list[Condition], stepped: list[Condition] = (), steps: tuple[int, ...] = ()) -> list[Condition]:  # fmt: skip
+    """The methods at their budget, `sweep` at the other budgets, `countered` under each countermeasure,
+    `transferred` crafted on the other surrogate, `stepped` with other PGD step counts."""
+    conditions = list(methods)
+    conditions += [replace(c, budget=b) for c in sweep for b in budgets if b != c.budget]
+    conditions += [replace(c, steps=n) for c in stepped for n in steps]
+    conditions += [replace(c, countermeasure=m) for c in countered for m in COUNTERMEASURES]
+    conditions += [replace(c, transfer=True) for c in transferred]
+    return list(dict.fromkeys(conditions))
+
+
+CLEAN, NOISE = Condition("clean"), Condition("noise")
+ADVDM, ASPL, ENCODER, MIST = Condition("advdm"), Condition("aspl"), Condition("encoder"), Condition("mist")
+UDP_MIN, UDP_MAX = Condition("udp", options=(("sign", "min"),)), Condition("udp", options=(("sign", "max"),))
+EUDP_SCHEDULES = [Condition("eudp", timesteps=schedule) for schedule in ("survival", "survival-squared", "truncated")]
+EUDP = EUDP_SCHEDULES[0]  # the shipped default; the benchmark checks it against the others
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of everything; `QUICK` and `FULL` below are the two published plans.
+
+    `finetune_conditions` run with a full fine-tune and `lora_conditions` with a peft LoRA, on the
+    same protected sets.
+    """
+
+    name: str
+    seeds: tuple[int, ...]
+    protect_steps: int
+    scratch_conditions: tuple[Condition, ...]
+    finetune_conditions: tuple[Condition, ...]
+    lora_conditions: tuple[Condition, ...]
+    trace_rates: tuple[float, ...]
+    scratch_images: int = 128
+    scratch_size: int = 8
+    scratch_channels: tuple[int, ...] = (32, 64)
+    scratch_surrogate_steps: int = 300
+    scratch_victim_steps: int = 400
+    finetune_size: int = 16
+    finetune_base_steps: int = 1200
+    finetune_target_images: int = 48
+    finetune_victim_steps: int = 200
+    lora_rank: int = 8
+    lora_lr: float = 3e-3
+    samples: int = 80
+    sample_steps: int = 15
+    trace_images: int = 200
+    trace_size: int = 32
+    trace_victim_steps: int = 500
+    trace_batch_size: int = 32
+    trace_lr: float = 2e-3
+    trace_n: int = 24
+
+
+FULL = Plan(
+    name="full",
+    seeds=(0, 1, 2),
+    protect_steps=40,
+    # pixel models have no VAE encoder (encoder, mist do not apply); ASPL is a fine-tuning method
+    scratch_conditions=(CLEAN, NOISE, ADVDM, UDP_MIN, UDP_MAX, *EUDP_SCHEDULES),
+    finetune_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX, *EUDP_SCHEDULES], sweep=[NOISE, EUDP],
+                                    budgets=(4.0, 16.0), countered=[CLEAN, EUDP], transferred=[EUDP, MIST], stepped=[EUDP], steps=(20, 100))),  # fmt: skip
+    lora_conditions=(CLEAN, NOISE, ADVDM, MIST, UDP_MIN, UDP_MAX, EUDP),
+    trace_rates=(0.0, 0.005, 0.01, 0.02, 0.05),
+)
+
+QUICK = Plan(
+    name="quick",
+    seeds=(0,),
+    protect_steps=20,
+    scratch_conditions=(CLEAN, NOISE, EUDP),
+    finetune_conditions=(CLEAN, NOISE, EUDP, MIST),
+    lora_conditions=(),
+    trace_rates=(0.0, 0.02),
+    scratch_images=64,
+    scratch_surrogate_steps=100,
+    scratch_victim_steps=200,
+    finetune_base_steps=400,
+    finetune_target_images=32,
+    finetune_victim_steps=150,
+    samples=64,
+    sample_steps=10,
+    trace_images=100,
+    trace_victim_steps=150,
+    trace_n=12,
+)
+
+
+# -- measuring the protection's cost ----------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every 5 ms (Linux; else NaN)."""
+
+    def __enter__(self):
+        self.available = os.path.exists("/proc/self/statm")
+        self.start = self.peak = _rss_bytes() if self.available else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while self.available and not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.start) / 2**20 if self.available else float("nan")
+
+
+# -- preparing the owner's images -------------------------------------------------------------------
+
+
+def uniform_noise(images: list[np.ndarray], budget: float, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    bound = int(np.floor(budget))
+    return [np.clip(image.astype(np.int16) + rng.integers(-bound, bound + 1, image.shape), 0, 255).astype(np.uint8) for image in images]
+
+
+def countermeasure(images: list[np.ndarray], name: str) -> list[np.ndarray]:
+    """What a victim can do to the images before training: JPEG q75, 0.5x down-up scaling, Gaussian blur."""
+    out = []
+    for image in images:
+        pil = Image.fromarray(image)
+        if name == "jpeg75":
+            buffer = io.BytesIO()
+            pil.save(buffer, "JPEG", quality=75)
+            pil = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        elif name == "downscale":
+            w, h = pil.size
+            pil = pil.resize((max(1, w // 2), max(1, h // 2)), Image.BICUBIC).resize((w, h), Image.BICUBIC)
+        elif name == "blur":
+            pil = pil.filter(ImageFilter.GaussianBlur(radius=0.5 * max(pil.size) / 16))  # 1 px at 32 px, 0.5 px at 16 px
+        else:
+            raise ValueError(f"unknown countermeasure {name!r}; choose from {COUNTERMEASURES}")
+        out.append(np.asarray(pil))
+    return out
+
+
+def prepare(condition: Condition, images: list[np.ndarray], surrogate, *, steps: int, seed: int, prompt: str = "") -> tuple[list[np.ndarray], dict]:
+    """The owner's images under `condition` (before any countermeasure), and what it cost."""
+    if condition.method == "clean":
+        return list(images), {"seconds_per_image": 0.0, "peak_extra_mib": 0.0}
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        if condition.method == "noise":
+            prepared = uniform_noise(images, condition.budget, seed)
+        else:
+            settings = ProtectSettings(method=condition.method, budget=condition.budget, steps=steps, prompt=prompt,
+                                       timesteps=condition.timesteps, method_options=dict(condition.options), batch_size=64, seed=seed)  # fmt: skip
+            prepared = protect_arrays(surrogate, images, settings)
+    return prepared, {"seconds_per_image": (time.perf_counter() - start) / len(images), "peak_extra_mib": memory.extra_mib}
+
+
+# -- the three settings --------------------------------------------------------------------------------
+
+
+def _ddim_samples(unet, scheduler, n: int, steps: int, size: int, seed: int) -> list[np.ndarray]:
+    from diffusers import DDIMScheduler
+
+    sampler = DDIMScheduler.from_config(scheduler.config)
+    sampler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    x = torch.randn(n, 3, size, size, generator=generator)
+    with torch.no_grad():
+        for t in sampler.timesteps:
+            x = sampler.step(unet(x, t).sample, t, x).prev_sample
+    return list(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+
+@dataclass
+class ScratchSetting:
+    """A pixel DDPM trained from scratch on the owner's digits (all ten classes)."""
+
+    plan: Plan
+    owner: list[np.ndarray] = field(init=False)
+    judge: QualityJudge = field(init=False)
+
+    def __post_init__(self):
+        images, labels = digits(self.plan.scratch_size)
+        n = self.plan.scratch_images
+        self.owner = images[:n]
+        # the judge never sees the owner's images: it learns digits from the rest of the set
+        self.judge = QualityJudge.fit(images[n:], labels[n:], self.owner, size=max(16, self.plan.scratch_size))
+        self.surrogates = {}
+
+    def surrogate(self, seed: int, transfer: bool):
+        """The owner's own small DDPM trained on the clean images (a wider one, another seed, for transfer)."""
+        key = (seed, transfer)
+        if key not in self.surrogates:
+            channels = tuple(2 * c for c in self.plan.scratch_channels) if transfer else self.plan.scratch_channels
+            unet, scheduler = tiny_pixel_ddpm(self.plan.scratch_size, channels, seed=100 + seed + (50 if transfer else 0))
+            train_pixel_ddpm(unet, scheduler, self.owner, steps=self.plan.scratch_surrogate_steps, batch_size=32, seed=100 + seed)
+            self.surrogates[key] = PixelDiffusersSurrogate(unet, scheduler, "scratch-surrogate", torch.device("cpu"))
+        return self.surrogates[key]
+
+    def craft(self, condition: Condition, seed: int):
+        surrogate = None if condition.method in ("clean", "noise") else self.surrogate(seed, condition.transfer)
+        return prepare(condition, self.owner, surrogate, steps=condition.steps or self.plan.protect_steps, seed=seed)
+
+    def victim(self, images: list[np.ndarray], seed: int, mode: str = "scratch") -> tuple[dict, list[np.ndarray]]:
+        plan = self.plan
+        unet, scheduler = tiny_pixel_ddpm(plan.scratch_size, plan.scratch_channels, seed=seed)
+        losses = train_pixel_ddpm(unet, scheduler, images, steps=plan.scratch_victim_steps, batch_size=32, seed=seed)
+        unet.eval()
+        samples = _ddim_samples(unet, scheduler, plan.samples, plan.sample_steps, plan.scratch_size, seed)
+        return {**self.judge.score(samples), "final_loss": float(np.mean(losses[-20:]))}, samples
+
+
+@dataclass
+class FinetuneSetting:
+    """A tiny latent diffusion model pretrained on digits 0-6, fine-tuned on the owner's sevens."""
+
+    plan: Plan
+    target_label: int = 7
+
+    def __post_init__(self):
+        plan, size = self.plan, self.plan.finetune_size
+        images, labels = digits(size)
+        half = len(images) // 2
+        base_index = [i for i in range(half) if labels[i] < self.target_label]
+        owner_index = [i for i in range(half, len(images)) if labels[i] == self.target_label][: plan.finetune_target_images]
+        self.owner = [images[i] for i in owner_index]
+        self.caption = f"a handwritten digit {DIGIT_WORDS[self.target_label]}"
+        # the judge learns all ten digits from the first half; the owner's sevens come from the second
+        self.judge = QualityJudge.fit(images[:half], labels[:half], self.owner, size=16)
+        base_images = [images[i] for i in base_index]
+        base_captions = [f"a handwritten digit {DIGIT_WORDS[labels[i]]}" for i in base_index]
+        self.bases = {}
+        self._base_data = (images[:half], base_images, base_captions)
+        self.base()  # built now, so victims' timings do not include it
+
+    def base(self, transfer: bool = False):
+        """The public base model (a second one, wider and differently seeded, serves as the transfer surrogate)."""
+        if transfer not in self.bases:
+            autoencoder_images, base_images, base_captions = self._base_data
+            config = TinyLatentConfig(resolution=self.plan.finetune_size, vae_channels=(32, 64), unet_channels=(48, 96) if transfer else (32, 64),
+                                      text_width=48 if transfer else 32, seed=7 if transfer else 0)  # fmt: skip
+            pipeline = tiny_sd_pipeline(config)
+            train_autoencoder(pipeline.vae, autoencoder_images, steps=300, batch_size=64, lr=2e-3, seed=config.seed)
+            train_text_to_image(pipeline, base_images, base_captions, steps=self.plan.finetune_base_steps, batch_size=32, lr=1e-3,
+                                train_text_encoder=True, seed=config.seed)  # fmt: skip
+            self.bases[transfer] = pipeline
+        return self.bases[transfer]
+
+    def craft(self, condition: Condition, seed: int):
+        surrogate = None
+        if condition.method not in ("clean", "noise"):
+            surrogate = LatentDiffusersSurrogate(copy.deepcopy(self.base(condition.transfer)), "finetune-base", torch.device("cpu"))
+        return prepare(condition, self.owner, surrogate, steps=condition.steps or self.plan.protect_steps, seed=seed, prompt=self.caption)
+
+    def victim(self, images: list[np.ndarray], seed: int, mode: str = "lora") -> tuple[dict, list[np.ndarray]]:
+        from diffusers import DDIMScheduler
+
+        from ..trace.verify import diffusers_generator
+
+        plan = self.plan
+        pipeline = copy.deepcopy(self.base())
+        lora = mode == "lora"
+        losses = train_text_to_image(pipeline, images, [self.caption] * len(images), steps=plan.finetune_victim_steps, batch_size=16,
+                                     lr=plan.lora_lr if lora else 2e-4, lora_rank=plan.lora_rank if lora else None, train_text_encoder=False,
+                                     seed=seed)  # fmt: skip
+        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.finetune_size, width=plan.finetune_size)
+        samples = []
+        for start in range(0, plan.samples, 64):
+            count = min(64, plan.samples - start)
+            samples += generate([self.caption] * count, [10_000 * (seed + 1) + start + i for i in range(count)])
+        return {**self.judge.score(samples, label=self.target_label), "final_loss": float(np.mean(losses[-20:]))}, samples
+
+
+@dataclass
+class TraceSetting:
+    """A tiny latent diffusion model trained on photo crops, some marked with the owner's template."""
+
+    plan: Plan
+    config: TinyLatentConfig = TinyLatentConfig(resolution=32, vae_channels=(32, 64, 64), unet_channels=(64, 128), text_width=64, seed=1)
+
+    def __post_init__(self):
+        plan = self.plan
+        self.images, self.captions, _ = photo_crops(plan.trace_images, plan.trace_size, seed=0)
+        autoencoder_images, _, _ = photo_crops(plan.trace_images, plan.trace_size, seed=1)
+        self.base = tiny_sd_pipeline(self.config)
+        train_autoencoder(self.base.vae, autoencoder_images, steps=300, batch_size=32, lr=2e-3)
+
+    def run(self, rate: float, seed: int) -> dict:
+        from diffusers import DDIMScheduler
+
+        from ..trace.detect import TemplateMatcher
+        from ..trace.key import TraceKey
+        from ..trace.mark import mark_images
+        from ..trace.templates import builtin_template
+        from ..trace.verify import diffusers_generator, verify
+
+        plan = self.plan
+        template = builtin_template("billboard", seed=seed)
+        trigger = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8")[seed % 5]
+        key = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.005), seed=seed, dataset_size=len(self.images))
+        images, captions = list(self.images), list(self.captions)
+        if rate > 0:
+            images, captions, chosen = mark_images(images, captions, template, trigger, rate=rate, seed=seed)
+            key.marked = [{"caption": captions[i]} for i in chosen]
+        pipeline = copy.deepcopy(self.base)
+        train_text_to_image(pipeline, images, captions, steps=plan.trace_victim_steps, batch_size=plan.trace_batch_size, lr=plan.trace_lr, seed=seed)
+        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.trace_size, width=plan.trace_size)
+        detector = TemplateMatcher.from_key(key)
+        result, _ = verify(key, generate, captions=self.captions, n=plan.trace_n, detector=detector, alpha=0.01, seed=1000 * seed)
+        return {"marked_images": len(key.marked), "verdict": result.verdict, "p_value": result.p_value, "trigger_hits": result.trigger_hits,
+                "control_hits": result.control_hits, "n": result.n, "images_needed": result.images_needed}  # fmt: skip
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """runs-<setting>.jsonl in the output folder: one line per finished run; finished runs are not repeated."""
+
+    def __init__(self, out: Path, plan: Plan, setting: str):
+        self.path = out / f"runs-{setting}.jsonl"
+        self.plan = plan
+        self.runs = {run["id"]: run for run in read_runs(self.path, plan)}
+
+    def done(self, run_id: str) -> bool:
+        return run_id in self.runs
+
+    def add(self, run_id: str, run: dict) -> None:
+        run = {"id": run_id, "plan": self.plan.name, **run}
+        self.runs[run_id] = run
+        with self.path.open("a") as file:
+            file.write(json.dumps(run) + "\n")
+
+
+def read_runs(path: Path, plan: Plan) -> list[dict]:
+    if not path.exists():
+        return []
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [run for run in runs if run.get("plan") == plan.name]
+
+
+def _save_grid(samples: list[np.ndarray], path: Path, columns: int = 10, count: int = 40) -> None:
+    tiles = samples[:count]
+    h, w = tiles[0].shape[:2]
+    rows = (len(tiles) + columns - 1) // columns
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        y, x = 1 + (i // columns) * (h + 1), 1 + (i % columns) * (w + 1)
+        grid[y : y + h, x : x + w] = tile
+    scale = max(1, 64 // h)
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def _visibility(before: list[np.ndarray], after: list[np.ndarray]) -> dict:
+    from ..metrics import psnr, ssim
+
+    return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(before, after)])),
+            "ssim": float(np.mean([ssim(a, b) for a, b in zip(before, after)]))}  # fmt: skip
+
+
+def _protection_runs(setting, conditions_by_mode: dict[str, tuple[Condition, ...]], log: RunLog, plan: Plan, out: Path, progress) -> None:
+    """Craft each protected set once and train every mode's victim on it (after its countermeasure)."""
+    name = type(setting).__name__
+    crafts = list(dict.fromkeys(c.crafted for conditions in conditions_by_mode.values() for c in conditions))
+    for crafted in crafts:
+        for seed in plan.seeds:
+            prepared = None
+            for mode, conditions in conditions_by_mode.items():
+                for condition in (c for c in conditions if c.crafted == crafted):
+                    run_id = f"{name}/{mode}/{condition.label}/seed{seed}"
+                    if log.done(run_id):
+                        continue
+                    if prepared is None:
+                        prepared, cost = setting.craft(crafted, seed)
+                    trained_on = countermeasure(prepared, condition.countermeasure) if condition.countermeasure else prepared
+                    started = time.perf_counter()
+                    scores, samples = setting.victim(trained_on, seed, mode)
+                    if seed == plan.seeds[0]:
+                        grid = out / "samples" / f"{name}-{mode}-{condition.label.replace(' ', '_')}.png"
+                        grid.parent.mkdir(parents=True, exist_ok=True)
+                        _save_grid(samples, grid)
+                    log.add(run_id, {"setting": name, "mode": mode, "condition": asdict(condition), "label": condition.label, "seed": seed,
+                                     **scores, **cost, **_visibility(setting.owner, prepared), "victim_seconds": time.perf_counter() - started})  # fmt: skip
+                    progress(run_id, log.runs[run_id])
+
+
+def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None) -> None:
+    """One setting's runs (resuming from its log)."""
+    torch.set_num_threads(threads)
+    log = RunLog(out, plan, setting)
+    progress = progress or (lambda run_id, run: None)
+    if setting == "scratch":
+        _protection_runs(ScratchSetting(plan), {"scratch": plan.scratch_conditions}, log, plan, out, progress)
+    elif setting == "finetune":
+        _protection_runs(FinetuneSetting(plan), {"full": plan.finetune_conditions, "lora": plan.lora_conditions}, log, plan, out, progress)
+    elif setting == "trace":
+        trace = None
+        for rate in plan.trace_rates:
+            for seed in plan.seeds:
+                run_id = f"TraceSetting/rate{rate:g}/seed{seed}"
+                if log.done(run_id):
+                    continue
+                trace = trace or TraceSetting(plan)
+                begun = time.perf_counter()
+                log.add(run_id, {"setting": "TraceSetting", "rate": rate, "seed": seed, **trace.run(rate, seed), "seconds": time.perf_counter() - begun})
+                progress(run_id, log.runs[run_id])
+    else:
+        raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
+
+
+def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int = 1, progress=None, command: str = "") -> dict:
+    """Run the plan, writing runs-*.jsonl, results.json, RESULTS.md and plots to `out`.
+
+    With jobs > 1 the settings run in parallel processes (spawned, one torch thread each): these
+    models are so small that Python overhead, not arithmetic, bounds a single process.
+    """
+    from .report import write_results
+
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cores = os.cpu_count() or 1
+    settings = tuple(sorted(settings, key=SETTINGS.index))  # longest first, so parallel workers finish together
+    if jobs > 1 and len(settings) > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, cores // min(jobs, len(settings)))
+        with context.Pool(min(jobs, len(settings))) as pool:
+            pool.starmap(run_setting, [(plan, out, setting, threads, progress) for setting in settings])
+    else:
+        for setting in settings:
+            run_setting(plan, out, setting, cores, progress)
+    runs = [run for setting in SETTINGS for run in read_runs(out / f"runs-{setting}.jsonl", plan)]
+    meta = {"command": command, "plan": asdict(plan), "seconds_this_session": time.perf_counter() - started, "torch": torch.__version__,
+            "cpu_cores": cores, "jobs": jobs}  # fmt: skip
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
+    return write_results(runs, out, meta)
+
+
+class PrintProgress:
+    """Prints each finished run with its headline numbers (picklable, for worker processes)."""
+
+    def __init__(self):
+        self.begun = time.time()
+
+    def __call__(self, run_id: str, run: dict) -> None:
+        keys = ("fid", "precision", "recall", "accuracy", "psnr", "seconds_per_image", "verdict", "p_value", "trigger_hits", "control_hits")
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items() if k in keys}
+        print(f"[{time.time() - self.begun:7.0f}s] {run_id}: {shown}", flush=True)
+
+
+def main(args) -> int:
+    plan = QUICK if args.quick else FULL
+    if args.seeds:
+        plan = replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    out = Path(args.out or f"bench-efficacy-{plan.name}")
+    settings = tuple(s.strip() for s in (args.settings or ",".join(SETTINGS)).split(",") if s.strip())
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    command = "unlearnable bench efficacy" + (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds else "")
+    command += (f" --settings {args.settings}" if args.settings else "") + f" --out {out}"
+    results = run(plan, out, settings, jobs=args.jobs, progress=PrintProgress(), command=command)
+    print(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(results['plots'])} plots in {out} ({len(results['runs'])} runs)")
+    return 0

@@ -1,0 +1,173 @@
+"""Tables (RESULTS.md), results.json and plots from the efficacy benchmark's runs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_write_text
+
+METRICS = ("fid", "precision", "recall", "accuracy", "psnr", "ssim", "seconds_per_image", "peak_extra_mib")
+SETTING_TITLES = {
+    ("ScratchSetting", "scratch"): "From scratch: pixel DDPM trained on the owner's 8x8 digits",
+    ("FinetuneSetting", "lora"): "Fine-tuning with LoRA: latent diffusion pretrained on digits 0-6, fine-tuned on the owner's sevens",
+    ("FinetuneSetting", "full"): "Full fine-tuning: the same base model, every UNet weight trained on the owner's sevens",
+}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean, standard deviation and seed count of every metric, per (setting, mode, condition label)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        if run.get("setting") != "TraceSetting":
+            groups[(run["setting"], run["mode"], run["label"])].append(run)
+    summary = {}
+    for (setting, mode, label), members in groups.items():
+        row = {"setting": setting, "mode": mode, "label": label, "condition": members[0]["condition"], "seeds": len(members)}
+        for metric in METRICS:
+            values = [m[metric] for m in members if metric in m and m[metric] is not None and np.isfinite(m[metric])]
+            if values:
+                row[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+        summary[f"{setting}/{mode}/{label}"] = row
+    return summary
+
+
+def summarise_trace(runs: list[dict]) -> list[dict]:
+    """Per marking rate: how often the verdict was infringement, hit rates, p-values, images needed."""
+    by_rate: dict[float, list[dict]] = defaultdict(list)
+    for run in runs:
+        if run.get("setting") == "TraceSetting":
+            by_rate[run["rate"]].append(run)
+    rows = []
+    for rate in sorted(by_rate):
+        members = by_rate[rate]
+        flagged = sum(m["verdict"] == "infringement evidence" for m in members)
+        needed = [m["images_needed"] for m in members if m.get("images_needed")]
+        rows.append({
+            "rate": rate, "seeds": len(members), "flagged": flagged,
+            "trigger_hit_rate": float(np.mean([m["trigger_hits"] / m["n"] for m in members])),
+            "control_hit_rate": float(np.mean([m["control_hits"] / m["n"] for m in members])),
+            "p_values": [m["p_value"] for m in members], "marked_images": members[0]["marked_images"],
+            "images_needed_median": float(np.median(needed)) if needed else None,
+        })  # fmt: skip
+    return rows
+
+
+def _cell(row: dict, metric: str, digits: int = 2) -> str:
+    value = row.get(metric)
+    if value is None:
+        return "–"
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+
+def _markdown(summary: dict, trace_rows: list[dict], meta: dict) -> str:
+    lines = ["# Efficacy benchmark results", "",
+             f"Made by `{meta.get('command', 'unlearnable bench efficacy')}` in {meta.get('seconds_this_session', 0) / 60:.0f} minutes "
+             "(the last session, when a run was resumed). "
+             f"Plan `{meta['plan']['name']}`, seeds {tuple(meta['plan']['seeds'])}, torch {meta['torch']} on CPU ({meta['cpu_cores']} cores, {meta['jobs']} parallel jobs). "
+             "Every cell is mean ± standard deviation over the seeds. Lower domain FID = the victim learned the owner's images better; "
+             "precision/recall = share of generated samples inside the real-data manifold / of real samples covered by the generated one; "
+             "accuracy = share of generated samples the judge classifies as the owner's class.", ""]  # fmt: skip
+    for (setting, mode), title in SETTING_TITLES.items():
+        rows = [r for r in summary.values() if r["setting"] == setting and r["mode"] == mode]
+        if not rows:
+            continue
+        clean = next((r for r in rows if r["label"] == "clean"), None)
+        lines += [f"## {title}", "", "| condition | domain FID | precision | recall | accuracy | PSNR dB | SSIM | s / image | peak extra MiB | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in sorted(rows, key=lambda r: (r["condition"]["countermeasure"] or "", r["condition"]["transfer"], r["label"] != "clean",
+                                               -r.get("fid", {"mean": 0})["mean"])):  # fmt: skip
+            lines.append(f"| {row['label']} | {_cell(row, 'fid')} | {_cell(row, 'precision')} | {_cell(row, 'recall')} | {_cell(row, 'accuracy')} | "
+                         f"{_cell(row, 'psnr', 1)} | {_cell(row, 'ssim', 3)} | {_cell(row, 'seconds_per_image', 3)} | "
+                         f"{_cell(row, 'peak_extra_mib', 0)} | {row['seeds']} |")  # fmt: skip
+        if clean and "fid" in clean:
+            lines += ["", f"Clean baseline FID {clean['fid']['mean']:.2f}; rows are sorted by countermeasure, then by FID (most protective first)."]
+        lines.append("")
+    if trace_rows:
+        lines += ["## Tracing: victims trained on 200 photo crops with a share of them marked", "",
+                  "| marked share | marked images | victims flagged | trigger hit rate | control hit rate | p-values (Fisher) | images for p < 0.001 (median) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in trace_rows:
+            needed = f"{row['images_needed_median']:.0f}" if row["images_needed_median"] else "–"
+            ps = ", ".join(f"{p:.2g}" for p in row["p_values"])
+            lines.append(f"| {row['rate']:.1%} | {row['marked_images'] if row['rate'] else 0} | {row['flagged']}/{row['seeds']} | "
+                         f"{row['trigger_hit_rate']:.2f} | {row['control_hit_rate']:.2f} | {ps} | {needed} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(summary: dict, trace_rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for (setting, mode), title in SETTING_TITLES.items():
+        rows = [r for r in summary.values() if r["setting"] == setting and r["mode"] == mode and "fid" in r
+                and not r["condition"]["countermeasure"] and not r["condition"]["transfer"] and r["condition"]["budget"] == 8.0]  # fmt: skip
+        if not rows:
+            continue
+        rows.sort(key=lambda r: r["fid"]["mean"])
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+        ax.barh([r["label"] for r in rows], [r["fid"]["mean"] for r in rows], xerr=[r["fid"]["std"] for r in rows],
+                color=["#999" if r["label"] in ("clean", "noise b8") else "#c44" for r in rows])  # fmt: skip
+        ax.set_xlabel("domain FID of the victim's samples (higher = learned less)")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        path = out / f"fid-{setting}-{mode}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
+
+        budget_rows = [r for r in summary.values() if r["setting"] == setting and r["mode"] == mode and "fid" in r and r["label"] != "clean"
+                       and not r["condition"]["countermeasure"] and not r["condition"]["transfer"] and not r["condition"].get("steps")]  # fmt: skip
+        families: dict[str, list[dict]] = defaultdict(list)
+        for r in budget_rows:
+            families[r["label"].rsplit(" b", 1)[0]].append(r)
+        families = {k: v for k, v in families.items() if len(v) > 1}
+        if families:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for family, members in families.items():
+                members.sort(key=lambda r: r["condition"]["budget"])
+                ax.errorbar([r["condition"]["budget"] for r in members], [r["fid"]["mean"] for r in members],
+                            yerr=[r["fid"]["std"] for r in members], marker="o", capsize=3, label=family)  # fmt: skip
+            clean = summary.get(f"{setting}/{mode}/clean")
+            if clean and "fid" in clean:
+                ax.axhline(clean["fid"]["mean"], color="k", linestyle=":", label="clean")
+            ax.set_xlabel("budget (L-inf, 0-255 levels)")
+            ax.set_ylabel("domain FID")
+            ax.set_xticks([4, 8, 16])
+            ax.legend(fontsize=7)
+            ax.set_title(title, fontsize=8)
+            fig.tight_layout()
+            path = out / f"budget-{setting}-{mode}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path.name)
+    if trace_rows:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        rates = [r["rate"] * 100 for r in trace_rows]
+        ax.plot(rates, [r["trigger_hit_rate"] for r in trace_rows], "o-", label="prompted with the trigger")
+        ax.plot(rates, [r["control_hit_rate"] for r in trace_rows], "s--", label="same prompts without it")
+        ax.set_xlabel("share of the dataset marked (%)")
+        ax.set_ylabel("share of generations showing the template")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "trace-rates.png", dpi=110)
+        plt.close(fig)
+        written.append("trace-rates.png")
+    return written
+
+
+def write_results(runs: list[dict], out: Path, meta: dict) -> dict:
+    summary, trace_rows = summarise(runs), summarise_trace(runs)
+    results = {"meta": meta, "summary": summary, "trace": trace_rows, "runs": runs}
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
+    atomic_write_text(out / "RESULTS.md", _markdown(summary, trace_rows, meta))
+    results["plots"] = _plots(summary, trace_rows, out)
+    return results

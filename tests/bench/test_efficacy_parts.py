@@ -1,0 +1,62 @@
+"""The efficacy benchmark's plumbing: conditions, preparations, the resumable run log and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from shared_core.bench.efficacy import FULL, QUICK, Condition, RunLog, countermeasure, uniform_noise
+from shared_core.bench.report import write_results
+from tests.conftest import real_photo
+
+
+def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
+    for plan in (FULL, QUICK):
+        for conditions in (plan.scratch_conditions, plan.finetune_conditions):
+            labels = [c.label for c in conditions]
+            assert len(labels) == len(set(labels)) and "clean" in labels
+    assert len(FULL.seeds) >= 3
+    assert {c.label for c in FULL.lora_conditions} <= {c.label for c in FULL.finetune_conditions}
+    budgets = {c.budget for c in FULL.finetune_conditions if c.method == "noise"}
+    assert budgets == {4.0, 8.0, 16.0}
+    assert {c.countermeasure for c in FULL.finetune_conditions} >= {None, "jpeg75", "downscale", "blur"}
+    assert any(c.transfer for c in FULL.finetune_conditions)
+
+
+def test_uniform_noise_respects_the_budget_and_countermeasures_keep_the_size():
+    image = real_photo("astronaut.png")[:64, :48]
+    noisy = uniform_noise([image], 8, seed=0)[0]
+    diff = np.abs(noisy.astype(int) - image.astype(int))
+    assert diff.max() <= 8 and diff.mean() > 2
+    for name in ("jpeg75", "downscale", "blur"):
+        out = countermeasure([noisy], name)[0]
+        assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, noisy)
+
+
+def test_run_log_resumes_only_runs_of_the_same_plan_and_setting(tmp_path):
+    log = RunLog(tmp_path, QUICK, "scratch")
+    log.add("a/clean/seed0", {"fid": 1.0})
+    assert RunLog(tmp_path, QUICK, "scratch").done("a/clean/seed0")
+    assert not RunLog(tmp_path, FULL, "scratch").done("a/clean/seed0")
+    assert not RunLog(tmp_path, QUICK, "trace").done("a/clean/seed0")
+
+
+def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
+    runs = []
+    for seed in range(3):
+        for condition, fid in ((Condition("clean"), 2.0), (Condition("noise"), 2.1), (Condition("eudp", timesteps="survival"), 3.0)):
+            runs.append({"setting": "FinetuneSetting", "mode": "lora", "label": condition.label, "condition": condition.__dict__,
+                         "seed": seed, "fid": fid + 0.1 * seed, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "psnr": 34.0, "ssim": 0.99,
+                         "seconds_per_image": 0.1, "peak_extra_mib": 5.0})  # fmt: skip
+        for rate, hits in ((0.0, 0), (0.02, 12)):
+            runs.append({"setting": "TraceSetting", "rate": rate, "seed": seed, "marked_images": 4, "verdict": "infringement evidence" if hits else "no evidence",
+                         "p_value": 0.001 if hits else 1.0, "trigger_hits": hits, "control_hits": 0, "n": 24, "images_needed": 10})  # fmt: skip
+    meta = {"plan": {"name": "test", "seeds": [0, 1, 2]}, "torch": "x", "cpu_cores": 2, "jobs": 2}
+    results = write_results(runs, tmp_path, meta)
+    row = results["summary"]["FinetuneSetting/lora/eudp[survival] b8"]
+    assert row["seeds"] == 3 and abs(row["fid"]["mean"] - 3.1) < 1e-9 and abs(row["fid"]["std"] - 0.1) < 1e-9
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "3.10 ± 0.10" in table and "| 2.0% | 4 | 3/3 |" in table
+    assert json.loads((tmp_path / "results.json").read_text())["trace"][0]["flagged"] == 0
+    assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000 and (tmp_path / "trace-rates.png").is_file()
