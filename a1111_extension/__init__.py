@@ -8,7 +8,7 @@ core's submodules stay importable after A1111 restores sys.path.
 from __future__ import annotations
 
 import shared_core  # see the module docstring
-import shared_core.ui
+import shared_core.ui  # noqa: F401 (see the module docstring)
 
 from .host import on_ui_settings, on_ui_tabs, register
 

@@ -26,14 +26,9 @@ from torch.func import functional_call
 
 from shared_core.errors import SettingsError
 from shared_core.surrogates.base import Surrogate
+from shared_core.surrogates.host_tensors import first_weight, plain_copy
 
 PREDICTION_TYPES = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
-
-
-def _first_param(module: torch.nn.Module) -> torch.Tensor:
-    for tensor in module.parameters():
-        return tensor
-    raise SettingsError(f"{type(module).__name__} has no weights")
 
 
 def _clone_inference_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -44,18 +39,6 @@ def _clone_inference_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]
             if tensor.is_inference():
                 clones[name] = tensor.clone()
         return clones
-
-
-def _detach_tree(value: Any) -> Any:
-    """Conditioning as normal tensors (Forge returns inference tensors), without gradients."""
-    if isinstance(value, torch.Tensor):
-        with torch.inference_mode(False):
-            return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _detach_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detach_tree(v) for v in value)
-    return value
 
 
 class _Call(torch.nn.Module):
@@ -103,7 +86,7 @@ class WebUISurrogate(Surrogate):
             if abar is None:
                 abar = 1.0 / (1.0 + predictor.sigmas.float() ** 2)
             self.prediction_type = PREDICTION_TYPES[kind]
-            self.compute_dtype = getattr(kmodel, "computation_dtype", _first_param(self.unet).dtype)
+            self.compute_dtype = getattr(kmodel, "computation_dtype", first_weight(self.unet).dtype)
         else:
             wrapper = getattr(sd_model, "model", None)
             if wrapper is None or not hasattr(wrapper, "diffusion_model"):
@@ -115,8 +98,8 @@ class WebUISurrogate(Surrogate):
             self.vae = sd_model.first_stage_model
             abar = sd_model.alphas_cumprod
             self.prediction_type = PREDICTION_TYPES.get(getattr(sd_model, "parameterization", "eps"), "epsilon")
-            self.compute_dtype = _first_param(self.unet).dtype
-        self.device = _first_param(self.unet).device
+            self.compute_dtype = first_weight(self.unet).dtype
+        self.device = first_weight(self.unet).device
         self.alphas_cumprod = abar.detach().float().to(self.device)
         self.latent_factor = 8
         self.size_multiple = 64
@@ -143,8 +126,8 @@ class WebUISurrogate(Surrogate):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         _, vae_clones = self._clones()
-        dtype = _first_param(self.vae).dtype
-        x = (pixels * 2 - 1).to(device=_first_param(self.vae).device, dtype=dtype)
+        dtype = first_weight(self.vae).dtype
+        x = (pixels * 2 - 1).to(device=first_weight(self.vae).device, dtype=dtype)
         if self.is_forge:
             def run(inner, x):
                 return inner.encode(x, regulation=lambda posterior: posterior.mean)
@@ -179,11 +162,11 @@ class WebUISurrogate(Surrogate):
         self._prepare()
         with torch.no_grad():
             conditioning = self.sd_model.get_learned_conditioning(list(prompts))
-        return _detach_tree(conditioning)
+        return plain_copy(conditioning)
 
     def predict(self, noisy, timesteps, conditioning, params=None):
         clones, _ = self._clones()
-        dtype = self.compute_dtype if self.device.type != "cpu" else _first_param(self.unet).dtype
+        dtype = self.compute_dtype if self.device.type != "cpu" else first_weight(self.unet).dtype
         x = noisy.to(dtype)
         t = timesteps.to(noisy.device).float() if self.is_forge else timesteps.to(noisy.device)
         if isinstance(conditioning, dict):

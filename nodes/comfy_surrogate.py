@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from ..shared_core.errors import SettingsError
 from ..shared_core.surrogates.base import Surrogate
+from ..shared_core.surrogates.host_tensors import first_weight, plain_copy
 
 #: VAE weights the encoder path never uses: shared with the host, not copied
 VAE_DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
@@ -51,24 +52,6 @@ def clone_module(module: torch.nn.Module, share: tuple[str, ...] = ()) -> torch.
             else:
                 memo[id(tensor)] = tensor.detach().clone()
         return copy.deepcopy(module, memo)
-
-
-def clone_tree(value: Any) -> Any:
-    """Tensors in nested lists / tuples / dicts cloned outside inference mode, without gradients."""
-    if isinstance(value, torch.Tensor):
-        with torch.inference_mode(False):
-            return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: clone_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(clone_tree(v) for v in value)
-    return value
-
-
-def _first_tensor(module: torch.nn.Module) -> torch.Tensor:
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        return tensor
-    raise SettingsError(f"{type(module).__name__} has no weights")
 
 
 def _model_object(model, name: str):
@@ -122,7 +105,7 @@ class ComfySurrogate(Surrogate):
         self.name = name
         self.demo_only = False
         self.clip = clip
-        self.fixed_conditioning = clone_tree(conditioning[0]) if conditioning else None
+        self.fixed_conditioning = plain_copy(conditioning[0]) if conditioning else None
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
         patchers = [model] + ([vae.patcher] if getattr(vae, "patcher", None) is not None else [])
@@ -141,7 +124,7 @@ class ComfySurrogate(Surrogate):
             )
         self.host_base = host_base
         unet = clone_module(host_base.diffusion_model)
-        self.device = _first_tensor(host_base.diffusion_model).device
+        self.device = first_weight(host_base.diffusion_model).device
         unet.to(self.device)
         sampling_clone = clone_module(sampling).to(self.device)
         self.base = self._shell(host_base, unet, sampling_clone)
@@ -156,9 +139,9 @@ class ComfySurrogate(Surrogate):
 
         self.vae = vae
         self.vae_encoder = clone_module(vae.first_stage_model, share=VAE_DECODER_PREFIXES)
-        self.vae_device = _first_tensor(vae.first_stage_model).device
+        self.vae_device = first_weight(vae.first_stage_model).device
         self.vae_encoder.to(self.vae_device)
-        self.vae_dtype = getattr(vae, "vae_dtype", None) or _first_tensor(vae.first_stage_model).dtype
+        self.vae_dtype = getattr(vae, "vae_dtype", None) or first_weight(vae.first_stage_model).dtype
         ratio = getattr(vae, "downscale_ratio", 8)
         self.latent_factor = ratio if isinstance(ratio, int) else 8
         self.size_multiple = self.latent_factor * 8
@@ -186,7 +169,7 @@ class ComfySurrogate(Surrogate):
             with torch.inference_mode():
                 tokens = self.clip.tokenize(prompt)
                 cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
-            self._prompt_cache[prompt] = (clone_tree(cond), clone_tree(pooled))
+            self._prompt_cache[prompt] = (plain_copy(cond), plain_copy(pooled))
         return self._prompt_cache[prompt]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, Any]:
@@ -221,7 +204,7 @@ class ComfySurrogate(Surrogate):
                 if pooled is None and getattr(self.host_base, "adm_channels", 0):
                     raise SettingsError("this model needs the pooled CLIP output: connect a CLIP, or a CONDITIONING from CLIP Text Encode") from exc
                 raise
-            cache[(height, width)] = None if y is None else clone_tree(y).to(self.device)
+            cache[(height, width)] = None if y is None else plain_copy(y).to(self.device)
         return cache[(height, width)]
 
     # -- the protocol ----------------------------------------------------------------------

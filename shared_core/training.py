@@ -29,6 +29,20 @@ def _target(scheduler, latents, noise, timesteps):
     return noise
 
 
+def _optimise(optimizer: torch.optim.Optimizer, steps: int, batch_loss: Callable[[], torch.Tensor], progress: Progress) -> list[float]:
+    """`steps` optimiser steps on `batch_loss()` (which draws its own batch); returns the losses."""
+    losses = []
+    for step in range(steps):
+        loss = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, steps)
+    return losses
+
+
 def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0, progress: Progress = None) -> list[float]:
     """Reconstruction pretraining of an AutoencoderKL (MSE + a small KL term), in place.
 
@@ -38,18 +52,14 @@ def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: floa
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     vae.train().requires_grad_(True)
-    losses = []
-    for step in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=None)).sample
-        loss = F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if progress:
-            progress(step + 1, steps)
+        return F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+
+    losses = _optimise(optimizer, steps, batch_loss, progress)
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # as SD's 0.18215: scale latents to unit variance for the diffusion model
         std = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in data.split(64)]).std().item()
@@ -115,8 +125,8 @@ def train_text_to_image(
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
     unet.train()
     text_encoder.train(train_text_encoder)
-    losses = []
-    for step in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         index = torch.randint(len(latents), (batch_size,), generator=generator)
         batch_tokens = tokens[index].clone()
         dropped = torch.rand(batch_size, generator=generator) < caption_dropout
@@ -126,15 +136,10 @@ def train_text_to_image(
         z0 = latents[index]
         noise = torch.randn(z0.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
-        noisy = scheduler.add_noise(z0, noise, timesteps)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, _target(scheduler, z0, noise, timesteps))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if progress:
-            progress(step + 1, steps)
+        prediction = unet(scheduler.add_noise(z0, noise, timesteps), timesteps, encoder_hidden_states=hidden).sample
+        return F.mse_loss(prediction, _target(scheduler, z0, noise, timesteps))
+
+    losses = _optimise(optimizer, steps, batch_loss, progress)
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     return losses
@@ -146,19 +151,15 @@ def train_pixel_ddpm(unet, scheduler, images, *, steps: int, batch_size: int = 3
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     unet.train().requires_grad_(True)
-    losses = []
-    for step in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         x0 = data[torch.randint(len(data), (batch_size,), generator=generator)]
         noise = torch.randn(x0.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         prediction = unet(scheduler.add_noise(x0, noise, timesteps), timesteps).sample
-        loss = F.mse_loss(prediction, _target(scheduler, x0, noise, timesteps))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if progress:
-            progress(step + 1, steps)
+        return F.mse_loss(prediction, _target(scheduler, x0, noise, timesteps))
+
+    losses = _optimise(optimizer, steps, batch_loss, progress)
     unet.eval().requires_grad_(False)
     return losses
 

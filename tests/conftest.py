@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,15 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
+
+
+def load_by_path(path: Path, name: str):
+    """Load a file the way ComfyUI loads a custom-node pack (and A1111 a script): by path, registered under `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def skimage_data_dir() -> Path:

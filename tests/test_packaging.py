@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 import types
 from pathlib import Path
 
+from tests.conftest import load_by_path
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_module(path: Path, name: str):
-    """Load a file the way ComfyUI loads a custom-node pack: by path, registered under `name`."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_root_init_imports_like_comfyui_does_without_touching_sys_path():
     before = list(sys.path)
-    module = load_module(ROOT / "__init__.py", "unlearnable_pack")
+    module = load_by_path(ROOT / "__init__.py", "unlearnable_pack")
     assert isinstance(module.NODE_CLASS_MAPPINGS, dict) and isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
     assert sys.path == before
     assert not str(getattr(sys.modules.get("nodes"), "__file__", "")).startswith(str(ROOT))
@@ -52,7 +44,7 @@ def test_core_never_imports_hosts_and_gradio_only_in_ui():
 
 
 def test_install_never_touches_torch_and_uses_launch_under_a1111(tmp_path, monkeypatch):
-    install = load_module(ROOT / "install.py", "unlearnable_install")
+    install = load_by_path(ROOT / "install.py", "unlearnable_install")
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("torch>=2.0\nnumpy>=1.0  # comment\nsurely-not-installed-package==1.0\ntorchvision\n")
     assert install.read_requirements(requirements) == ["numpy>=1.0", "surely-not-installed-package==1.0"]

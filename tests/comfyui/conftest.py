@@ -7,24 +7,17 @@ so the rest of the suite never sees a `comfy` module.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import load_by_path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 STUBS = HERE / "stubs"
-
-
-def load_by_path(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 comfy_like = load_by_path(HERE / "comfy_like.py", "unlearnable_tests_comfy_like")

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline

@@ -6,25 +6,16 @@ fail instead of skip. The browser test has its own switch, UNLEARNABLE_REQUIRE_B
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_by_path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-
-
-def load_by_path(path: Path, name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def skip_or_fail(reason: str, switch: str = "UNLEARNABLE_REQUIRE_UI") -> None:
