@@ -48,15 +48,15 @@ def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: floa
 
     Afterwards the VAE's `scaling_factor` is set so that latents of `images` have unit variance.
     """
-    data = images_to_tensor(images)
-    generator = torch.Generator().manual_seed(seed)
+    data = images_to_tensor(images).to(vae.device)
+    generator = torch.Generator().manual_seed(seed)  # random draws on the CPU: the same on any device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     vae.train().requires_grad_(True)
 
     def batch_loss() -> torch.Tensor:
         batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
         return F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
 
     losses = _optimise(optimizer, steps, batch_loss, progress)
@@ -103,7 +103,9 @@ def train_text_to_image(
     vae.requires_grad_(False)
     with torch.no_grad():
         pixels = images_to_tensor(images)
-        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(32)]) * vae.config.scaling_factor
+        latents = torch.cat([vae.encode(chunk.to(vae.device)).latent_dist.mean for chunk in pixels.split(32)]) * vae.config.scaling_factor
+    device = unet.device
+    latents = latents.to(device)
     tokens = tokenizer(list(captions) + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty = tokens[-1:]
     tokens = tokens[:-1]
@@ -132,10 +134,10 @@ def train_text_to_image(
         dropped = torch.rand(batch_size, generator=generator) < caption_dropout
         batch_tokens[dropped] = empty
         with torch.set_grad_enabled(train_text_encoder):
-            hidden = text_encoder(batch_tokens)[0]
+            hidden = text_encoder(batch_tokens.to(text_encoder.device))[0].to(device)
         z0 = latents[index]
-        noise = torch.randn(z0.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
         prediction = unet(scheduler.add_noise(z0, noise, timesteps), timesteps, encoder_hidden_states=hidden).sample
         return F.mse_loss(prediction, _target(scheduler, z0, noise, timesteps))
 
