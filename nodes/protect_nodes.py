@@ -23,7 +23,7 @@ def parse_options(text: str) -> dict:
         if not item:
             continue
         if "=" not in item:
-            raise ValueError(f"method option {item!r} is not KEY=VALUE (e.g. sign=max, inner_steps=3)")
+            raise ValueError(f"method option {item!r} is not KEY=VALUE (e.g. sign=min, inner_steps=3)")
         key, raw = (part.strip() for part in item.split("=", 1))
         try:
             options[key] = json.loads(raw)
@@ -65,7 +65,7 @@ def _protect_inputs() -> list[Param]:
         Param("clip", "CLIP", "Encodes the prompt. Give this or a CONDITIONING.", optional=True),
         Param("conditioning", "CONDITIONING", "Used instead of CLIP + prompt when connected.", optional=True),
         Param("mask", "MASK", "Where to protect: 1 = full budget, 0 = untouched, in between scales the budget.", optional=True),
-        Param("options", "STRING", "Method options as key=value, e.g. sign=max, inner_steps=3.", optional=True, default=""),
+        Param("options", "STRING", "Method options as key=value, e.g. sign=min, inner_steps=3.", optional=True, default=""),
     ]  # fmt: skip
 
 

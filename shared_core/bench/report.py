@@ -65,8 +65,8 @@ def _cell(row: dict, metric: str, digits: int = 2) -> str:
 
 def _markdown(summary: dict, trace_rows: list[dict], meta: dict) -> str:
     lines = ["# Efficacy benchmark results", "",
-             f"Made by `{meta.get('command', 'unlearnable bench efficacy')}` in {meta.get('seconds_this_session', 0) / 60:.0f} minutes "
-             "(the last session, when a run was resumed). "
+             f"Made by `{meta.get('command', 'unlearnable bench efficacy')}` (a rerun with the same output folder keeps the finished runs, "
+             "so the rows may come from several invocations; benchmarks/README.md says which). "
              f"Plan `{meta['plan']['name']}`, seeds {tuple(meta['plan']['seeds'])}, torch {meta['torch']} on CPU ({meta['cpu_cores']} cores, {meta['jobs']} parallel jobs). "
              "Every cell is mean ± standard deviation over the seeds. Lower domain FID = the victim learned the owner's images better; "
              "precision/recall = share of generated samples inside the real-data manifold / of real samples covered by the generated one; "

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from shared_core.bench.efficacy import FULL, QUICK, Condition, RunLog, countermeasure, uniform_noise
+from shared_core.bench.efficacy import FULL, QUICK, Condition, RunLog, countermeasure, planned_run_ids, protection_run_id, uniform_noise
 from shared_core.bench.report import write_results
 from tests.conftest import real_photo
 
@@ -40,6 +40,15 @@ def test_run_log_resumes_only_runs_of_the_same_plan_and_setting(tmp_path):
     assert RunLog(tmp_path, QUICK, "scratch").done("a/clean/seed0")
     assert not RunLog(tmp_path, FULL, "scratch").done("a/clean/seed0")
     assert not RunLog(tmp_path, QUICK, "trace").done("a/clean/seed0")
+
+
+def test_planned_run_ids_name_every_run_of_the_plan_and_nothing_else():
+    ids = planned_run_ids(FULL)
+    assert len(ids) == len(set(ids)) == len(FULL.seeds) * (len(FULL.scratch_conditions) + len(FULL.finetune_conditions)
+                                                           + len(FULL.lora_conditions) + len(FULL.trace_rates))  # fmt: skip
+    assert protection_run_id("FinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
+    assert protection_run_id("FinetuneSetting", "lora", Condition("aspl"), 0) not in ids  # ASPL is not run as a LoRA victim
+    assert "TraceSetting/rate0.005/seed0" in ids
 
 
 def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):

@@ -71,7 +71,7 @@ def test_eudp_samples_timesteps_where_the_perturbation_survives(tiny_surrogate, 
     from shared_core.protect.timesteps import TimestepSampler
 
     objective = make_objective("eudp")
-    assert objective.default_schedule == "survival"
+    assert objective.default_schedule == "survival" and objective.maximise  # the defaults the efficacy benchmark chose
     sampler = TimestepSampler("survival", tiny_surrogate.alphas_cumprod)
     draws = sampler.sample(4000, torch.Generator().manual_seed(0))
     assert draws.float().mean() < 999 / 2 - 60  # weighted toward small t (large sqrt(abar_t))
@@ -79,7 +79,7 @@ def test_eudp_samples_timesteps_where_the_perturbation_survives(tiny_surrogate, 
     check_budget(photo_batch, result.delta)
     clean = fixed_loss(tiny_surrogate, photo_batch, objective.params, schedule="survival")
     protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params, schedule="survival")
-    assert protected < clean, (clean, protected)
+    assert protected > clean, (clean, protected)
 
 
 def test_encoder_attack_moves_the_latent_toward_its_target(tiny_surrogate, photo_batch):
