@@ -14,10 +14,10 @@ from __future__ import annotations
 import sys
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from shared_core.surrogates.tiny import tiny_tokenizer
+from shared_core.surrogates.tiny import sd_scheduler, tiny_tokenizer
 
 
 def sd15_shaped_pipeline() -> StableDiffusionPipeline:
@@ -42,8 +42,7 @@ def sd15_shaped_pipeline() -> StableDiffusionPipeline:
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))  # fmt: skip
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), unet=unet, scheduler=scheduler,
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), unet=unet, scheduler=sd_scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
 
 

@@ -137,6 +137,16 @@ class Plan:
     trace_lr: float = 2e-3
     trace_n: int = 24
 
+    @property
+    def protection_modes(self) -> dict[str, dict[str, tuple[Condition, ...]]]:
+        """Per protection setting, the victims it trains (by mode) and their conditions."""
+        return {"ScratchSetting": {"scratch": self.scratch_conditions}, "FinetuneSetting": {"full": self.finetune_conditions, "lora": self.lora_conditions}}
+
+    @property
+    def trace_runs(self) -> list[tuple[float, int]]:
+        """Every (marking rate, seed) pair of the tracing setting."""
+        return [(rate, seed) for rate in self.trace_rates for seed in self.seeds]
+
 
 FULL = Plan(
     name="full",
@@ -454,12 +464,13 @@ def _visibility(before: list[np.ndarray], after: list[np.ndarray]) -> dict:
             "ssim": float(np.mean([ssim(a, b) for a, b in zip(before, after)]))}  # fmt: skip
 
 
-def _protection_runs(setting_class, conditions_by_mode: dict[str, tuple[Condition, ...]], log: RunLog, plan: Plan, out: Path, progress) -> None:
+def _protection_runs(setting_class, log: RunLog, plan: Plan, out: Path, progress) -> None:
     """Craft each protected set once and train every mode's victim on it (after its countermeasure).
 
     The setting (its surrogates and base model) is built only when a run is missing, so rerunning a
     finished folder just rewrites the tables."""
     name, setting = setting_class.__name__, None
+    conditions_by_mode = plan.protection_modes[name]
     crafts = list(dict.fromkeys(c.crafted for conditions in conditions_by_mode.values() for c in conditions))
     for crafted in crafts:
         for seed in plan.seeds:
@@ -486,9 +497,9 @@ def _protection_runs(setting_class, conditions_by_mode: dict[str, tuple[Conditio
 
 def planned_run_ids(plan: Plan) -> list[str]:
     """The id of every run the plan asks for, as the run logs name them."""
-    modes = {"ScratchSetting": {"scratch": plan.scratch_conditions}, "FinetuneSetting": {"full": plan.finetune_conditions, "lora": plan.lora_conditions}}
-    ids = [protection_run_id(name, mode, c, seed) for name, by_mode in modes.items() for mode, conditions in by_mode.items() for c in conditions for seed in plan.seeds]
-    return ids + [trace_run_id(rate, seed) for rate in plan.trace_rates for seed in plan.seeds]
+    ids = [protection_run_id(name, mode, c, seed) for name, by_mode in plan.protection_modes.items() for mode, conditions in by_mode.items()
+           for c in conditions for seed in plan.seeds]  # fmt: skip
+    return ids + [trace_run_id(rate, seed) for rate, seed in plan.trace_runs]
 
 
 def protection_run_id(setting_name: str, mode: str, condition: Condition, seed: int) -> str:
@@ -505,12 +516,12 @@ def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None
     log = RunLog(out, plan, setting)
     progress = progress or (lambda run_id, run: None)
     if setting == "scratch":
-        _protection_runs(ScratchSetting, {"scratch": plan.scratch_conditions}, log, plan, out, progress)
+        _protection_runs(ScratchSetting, log, plan, out, progress)
     elif setting == "finetune":
-        _protection_runs(FinetuneSetting, {"full": plan.finetune_conditions, "lora": plan.lora_conditions}, log, plan, out, progress)
+        _protection_runs(FinetuneSetting, log, plan, out, progress)
     elif setting == "trace":
         trace = None
-        for rate, seed in trace_runs or [(rate, seed) for rate in plan.trace_rates for seed in plan.seeds]:
+        for rate, seed in trace_runs or plan.trace_runs:
             run_id = trace_run_id(rate, seed)
             if log.done(run_id):
                 continue
@@ -533,12 +544,11 @@ def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int =
     from .report import write_results
 
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     cores = os.cpu_count() or 1
     settings = tuple(sorted(settings, key=SETTINGS.index))  # longest first, so parallel workers finish together
     units = [(setting, None) for setting in settings if setting != "trace"]
     if "trace" in settings:
-        pairs = [(rate, seed) for rate in plan.trace_rates for seed in plan.seeds]
+        pairs = plan.trace_runs
         chunks = max(1, min(len(pairs), jobs - len(units)))
         units += [("trace", pairs[i::chunks]) for i in range(chunks)]
         units.sort(key=lambda unit: SETTINGS.index(unit[0]))
@@ -554,7 +564,7 @@ def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int =
             run_setting(plan, out, setting, cores, progress)
     planned = set(planned_run_ids(plan))  # runs of conditions since dropped from the plan stay in the logs, not in the tables
     runs = [run for setting in SETTINGS for run in read_runs(out / f"runs-{setting}.jsonl", plan) if run["id"] in planned]
-    meta = {"command": command, "plan": asdict(plan), "seconds_last_invocation": time.perf_counter() - started, "torch": torch.__version__,
+    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__,
             "cpu_cores": cores, "jobs": jobs}  # fmt: skip
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
     return write_results(runs, out, meta)

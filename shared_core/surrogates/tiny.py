@@ -108,7 +108,7 @@ def _tiny_unet(config: TinyLatentConfig, cross_attention_dim: int, **extra) -> U
     )
 
 
-def _sd_scheduler() -> DDPMScheduler:
+def sd_scheduler() -> DDPMScheduler:
     """Stable Diffusion's training schedule (scaled-linear betas, 1000 steps)."""
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -132,7 +132,7 @@ def tiny_sd_pipeline(config: TinyLatentConfig = TinyLatentConfig()) -> StableDif
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_sd_scheduler(),
+        scheduler=sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -161,7 +161,7 @@ def tiny_sdxl_pipeline(config: TinyLatentConfig = TinyLatentConfig()) -> StableD
         tokenizer=tokenizer,
         tokenizer_2=tiny_tokenizer(),
         unet=unet,
-        scheduler=_sd_scheduler(),
+        scheduler=sd_scheduler(),
     )
 
 
