@@ -99,6 +99,7 @@ class WebUISurrogate(Surrogate):
             abar = sd_model.alphas_cumprod
             self.prediction_type = PREDICTION_TYPES.get(getattr(sd_model, "parameterization", "eps"), "epsilon")
             self.compute_dtype = first_weight(self.unet).dtype
+        self.denoiser = self.unet
         self.device = first_weight(self.unet).device
         self.alphas_cumprod = abar.detach().float().to(self.device)
         self.latent_factor = 8
@@ -116,6 +117,12 @@ class WebUISurrogate(Surrogate):
             self._unet_clones = _clone_inference_tensors(self.unet)
             self._vae_clones = _clone_inference_tensors(self.vae)
         return self._unet_clones, self._vae_clones
+
+    def enable_low_memory(self) -> None:
+        raise SettingsError(
+            "--low-memory (gradient checkpointing) would have to change the web UI's shared model, which this "
+            "extension never does; start the web UI with --medvram or --lowvram, or lower the batch size, instead"
+        )
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         """The UNet's weights (detached views, or the clones of inference tensors); never written to."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from typing import Any
 
 import torch
@@ -28,7 +29,10 @@ from torch.func import functional_call
 
 from ..shared_core.errors import SettingsError
 from ..shared_core.surrogates.base import Surrogate
-from ..shared_core.surrogates.host_tensors import first_weight, plain_copy
+from ..shared_core.surrogates.host_tensors import checkpoint_blocks, first_weight, plain_copy
+
+#: the UNet's top-level blocks (ComfyUI/LDM names, and diffusers' for UNets wrapped the same way)
+UNET_BLOCK = re.compile(r"(^|\.)((input_blocks|output_blocks|down_blocks|up_blocks)\.\d+|middle_block|mid_block)$")
 
 #: VAE weights the encoder path never uses: shared with the host, not copied
 VAE_DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
@@ -128,7 +132,7 @@ class ComfySurrogate(Surrogate):
         unet.to(self.device)
         sampling_clone = clone_module(sampling).to(self.device)
         self.base = self._shell(host_base, unet, sampling_clone)
-        self.unet = unet
+        self.unet = self.denoiser = unet
         self._apply = _ApplyModel(self.base)
         with torch.inference_mode(False):
             self._sigmas = sampling_clone.sigmas.detach().float().to(self.device)
@@ -241,6 +245,13 @@ class ComfySurrogate(Surrogate):
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The cloned denoiser's weights (owned by this object; the host's are never touched)."""
         return dict(self.unet.named_parameters())
+
+    def enable_low_memory(self) -> None:
+        """Gradient checkpointing of the cloned UNet's blocks (ours to change: the host's is untouched)."""
+        blocks = [module for name, module in self.unet.named_modules() if UNET_BLOCK.search(name)]
+        if not blocks:
+            raise SettingsError(f"low memory: {type(self.unet).__name__} has no UNet blocks to checkpoint")
+        checkpoint_blocks(blocks)
 
     def describe(self) -> dict:
         info = super().describe()

@@ -66,11 +66,13 @@ def _protect_inputs() -> list[Param]:
         Param("conditioning", "CONDITIONING", "Used instead of CLIP + prompt when connected.", optional=True),
         Param("mask", "MASK", "Where to protect: 1 = full budget, 0 = untouched, in between scales the budget.", optional=True),
         Param("options", "STRING", "Method options as key=value, e.g. sign=min, inner_steps=3.", optional=True, default=""),
+        Param("low_memory", "BOOLEAN", "Gradient checkpointing in a copy of the UNet: much less GPU memory, about a third slower.",
+              optional=True, default=False),
     ]  # fmt: skip
 
 
 def protect_image(image, model, vae, method="eudp", budget=8.0, steps=100, seed=0, prompt="", robust_jpeg=False,
-                  robust_resize=False, robust_blur=False, clip=None, conditioning=None, mask=None, options="") -> Result:  # fmt: skip
+                  robust_resize=False, robust_blur=False, clip=None, conditioning=None, mask=None, options="", low_memory=False) -> Result:  # fmt: skip
     from ..shared_core.protect import ProtectSettings, protect_arrays
     from ..shared_core.protect.pipeline import tile_layout
     from .comfy_surrogate import ComfySurrogate
@@ -80,7 +82,7 @@ def protect_image(image, model, vae, method="eudp", budget=8.0, steps=100, seed=
     masks = mask_list(mask, len(originals), height, width)
     robust = tuple(name for name, on in zip(ROBUSTNESS, (robust_jpeg, robust_resize, robust_blur)) if on)
     settings = ProtectSettings(method=method, budget=float(budget), steps=int(steps), prompt=prompt or "", robust=robust,
-                               method_options=parse_options(options), seed=int(seed))  # fmt: skip
+                               method_options=parse_options(options), seed=int(seed), low_memory=bool(low_memory))  # fmt: skip
     with gradients():
         surrogate = ComfySurrogate(model, vae, clip=clip, conditioning=conditioning)
         tile_edge = settings.tile_size or surrogate.native_resolution

@@ -86,7 +86,7 @@ def cmd_protect(args) -> int:
         low_memory=args.low_memory,
         seed=args.seed,
     )
-    surrogate = load_surrogate(args.model, args.device, config_dir=args.config)
+    surrogate = load_surrogate(args.model, args.device, config_dir=args.config, dtype=args.dtype)
     if surrogate.demo_only:
         print(
             f"warning: {args.model} is an untrained demo model: the output shows what protection does, "
@@ -110,7 +110,10 @@ def cmd_protect(args) -> int:
     else:
         for outcome in summary.outcomes:
             if outcome.status == "protected":
-                print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}")
+                print(
+                    f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}  "
+                    f"objective {outcome.objective_first:.4f} -> {outcome.objective_last:.4f}"
+                )
             elif outcome.status == "skipped":
                 print(f"skipped    {outcome.output}  (already protected with these settings)")
         totals = report["totals"]
@@ -275,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--step-size", type=float, default=None, help="PGD step in 0-255 levels (default 2.5*budget/steps)")
     protect.add_argument("--model", default="builtin:tiny", help="diffusers folder, .safetensors checkpoint, or builtin:tiny (demo only; default)")
     protect.add_argument("--config", default=None, help="diffusers config folder for a single-file checkpoint (offline loading)")
+    protect.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                         help="precision of the model's weights, as hosts hold them (auto: fp16 on GPU, fp32 on CPU)")
     protect.add_argument("--prompt", default="", help="conditioning prompt for text-to-image models")
     protect.add_argument("--mask", default=None, help="mask image (white = protect) or a folder of masks named like the inputs")
     protect.add_argument("--robust", default="", help="comma list of jpeg,resize,blur to survive (slower, stronger against recompression)")

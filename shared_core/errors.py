@@ -20,3 +20,7 @@ class InputFileError(UnlearnableError, ValueError):
 
 class SettingsError(UnlearnableError, ValueError):
     """An option or combination of options that cannot work, with the fix."""
+
+
+class ProtectionError(UnlearnableError, RuntimeError):
+    """Optimisation failed (non-finite loss, no gradient, a perturbation that never moved): never reported as protected."""

@@ -72,3 +72,21 @@ def photo_batch(photos) -> torch.Tensor:
     from shared_core.images import rgb_to_tensor
 
     return torch.stack([rgb_to_tensor(photos[0][40:104, 200:264]), rgb_to_tensor(photos[1][60:124, 120:184])])
+
+
+def assert_optimised(surrogate, images: torch.Tensor, settings, min_changed: float = 0.5):
+    """N PGD steps must give another image than 1 step (a random start alone fails this), and the
+    objective must have moved the method's way on the whole batch. Returns the N-step result."""
+    from dataclasses import replace
+
+    from shared_core.protect import craft_perturbation, make_objective
+
+    objective = make_objective(settings.method, settings.method_options)
+    result = craft_perturbation(surrogate, images, settings, objective=objective)
+    start = craft_perturbation(surrogate, images, replace(settings, steps=1))
+    to_uint8 = lambda delta: ((images + delta).clamp(0, 1) * 255).round()  # noqa: E731
+    changed = (to_uint8(result.delta) != to_uint8(start.delta)).float().mean().item()
+    assert changed > min_changed, f"{settings.method}: {settings.steps} steps changed {changed:.0%} of the channels of 1 step"
+    first, last = sum(result.objective_first), sum(result.objective_last)
+    assert (last > first) if objective.maximise else (last < first), (settings.method, first, last)
+    return result

@@ -1,31 +1,317 @@
 """The one PGD loop every protection method runs on.
 
-It owns what methods share: the L-infinity budget and the valid pixel range, masks, timestep
-sampling, expectation over robustness transforms, autocast, logging and progress. Objectives only
-say what to optimise (see protect/objectives).
+It owns what methods share: the L-infinity budget and the valid pixel range, masks, tiling and
+batching, timestep sampling, expectation over robustness transforms, autocast, the checks that
+optimisation really happened, and progress. Objectives only say what to optimise (see
+protect/objectives).
+
+Steps run over the whole set: every PGD step visits every batch of tiles before the next step
+begins, so an objective with an inner training loop (UDP, EUDP, ASPL) trains one surrogate state
+on the whole protected set between steps, as a victim trains on the whole dataset. Perturbations
+live on the CPU at image level, so accelerator memory does not grow with the set, and tiles that
+overlap share (and jointly optimise) one perturbation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ProtectionError
 from ..surrogates.base import Surrogate
-from .objectives import AttackContext, Objective, make_objective
+from ..surrogates.host_tensors import first_weight
+from .inner import InnerWeights
+from .objectives import Objective, make_objective
 from .settings import ProtectSettings
+from .tiles import Tile, crop
 from .timesteps import TimestepSampler
 from .transforms import RobustnessTransform
 
-#: called after each PGD step with the number of steps done; may raise to cancel
+#: called with the number of tiles that just took one PGD step; may raise to cancel
 StepCallback = Callable[[int], None]
+
+#: (t, noise) draws averaged when the objective is measured at the first and the last step
+EVALUATION_DRAWS = 4
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A seed for one image or batch, from the run's seed and what identifies it."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _image_key(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class AttackContext:
+    """One PGD batch: tiles of equal shape, from one or several images, handed to objective hooks."""
+
+    run: RunContext
+    tiles: list[tuple[int, Tile]]  # (image index, tile)
+    conditioning: object
+    generator: torch.Generator  # CPU generator: the same draws on every device
+    robustness: RobustnessTransform
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The clean tiles [B, 3, h, w] on the surrogate's device."""
+        return self.run.crop_stack(self.run.images, self.tiles)
+
+    def delta(self) -> torch.Tensor:
+        return self.run.crop_stack(self.run.deltas, self.tiles)
+
+    def protected(self) -> torch.Tensor:
+        """The current protected tiles, detached (what an inner loop trains on)."""
+        return (self.images + self.delta()).clamp(0, 1).detach()
+
+    def denoising_loss(self, pixels: torch.Tensor, weights: InnerWeights | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample training loss at sampled (t, noise), against the host's weights or `weights`."""
+        return self.run.denoising_loss(pixels, self.conditioning, self.generator, weights, latents)
+
+
+@dataclass
+class RunContext:
+    """The whole set under protection: images and perturbations (CPU), batches, shared samplers."""
+
+    surrogate: Surrogate
+    settings: ProtectSettings
+    sampler: TimestepSampler
+    autocast: dict
+    generator: torch.Generator  # inner-loop minibatches and draws
+    images: list[torch.Tensor]  # [3, H, W] in [0, 1], CPU
+    deltas: list[torch.Tensor]
+    bounds: list[torch.Tensor]  # [1, H, W] per-pixel budget
+    batches: list[AttackContext] = field(default_factory=list)
+
+    def crop_stack(self, arrays: list[torch.Tensor], tiles: list[tuple[int, Tile]]) -> torch.Tensor:
+        return torch.stack([crop(arrays[i], tile) for i, tile in tiles]).to(self.surrogate.device)
+
+    def denoising_loss(self, pixels, conditioning, generator, weights: InnerWeights | None = None, latents=None) -> torch.Tensor:
+        z0 = self.surrogate.encode(pixels) if latents is None else latents
+        total = 0.0
+        overrides = weights.overrides() if weights is not None else None
+        for _ in range(self.settings.noise_samples):
+            timesteps = self.sampler.sample(z0.shape[0], generator).to(z0.device)
+            noise = torch.randn(z0.shape, generator=generator).to(device=z0.device, dtype=torch.float32)
+            total = total + self.surrogate.denoising_loss(z0.float(), timesteps, noise, conditioning, overrides)
+        return total / self.settings.noise_samples
+
+    def train(self, weights: InnerWeights, optimizer: torch.optim.Optimizer, steps: int, *, method: str, clean: bool = False) -> float:
+        """Train `weights` for `steps` minibatches drawn from the whole set (the victim's view).
+
+        `clean` trains on the clean images (ASPL's knowing surrogate), else on the current protected ones.
+        Forward and backward both run while the weights are attached (checkpointed blocks recompute then).
+        """
+        loss_value = float("nan")
+        for _ in range(steps):
+            batch = self.batches[int(torch.randint(len(self.batches), (), generator=self.generator))]
+            pixels = batch.images if clean else batch.protected()
+            with torch.no_grad(), torch.autocast(**self.autocast):
+                latents = self.surrogate.encode(pixels).float()
+            optimizer.zero_grad(set_to_none=True)
+            with weights.active():
+                with torch.autocast(**self.autocast):
+                    loss = self.denoising_loss(pixels, batch.conditioning, self.generator, weights, latents).mean()
+                if not torch.isfinite(loss):
+                    raise ProtectionError(_failure(method, "the inner training loss", loss.item(), self.surrogate))
+                loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+        return loss_value
+
+
+@dataclass
+class PerturbationResult:
+    deltas: list[torch.Tensor]  # per image [3, H, W] on the CPU; |delta| <= budget/255, image + delta in [0, 1]
+    losses: list[float]  # mean objective per step, for logs
+    objective_first: list[float]  # per image: the objective at the first step, fixed (t, noise) draws
+    objective_last: list[float]  # the same draws after the last step
+    moved: list[bool]  # per image: did any step change the perturbation
 
 
 @dataclass
 class AttackResult:
-    delta: torch.Tensor  # [B, 3, H, W], |delta| <= budget/255 and images + delta in [0, 1]
-    losses: list[float]  # mean objective loss per step, for logs and tests
+    """`craft_perturbation`'s answer for one batch of whole images."""
+
+    delta: torch.Tensor  # [B, 3, H, W]
+    losses: list[float]
+    objective_first: list[float]
+    objective_last: list[float]
+
+
+def _failure(method: str, what: str, value: float, surrogate: Surrogate, step: int | None = None) -> str:
+    dtype = str(first_weight(surrogate.denoiser).dtype).replace("torch.", "")
+    where = f" at step {step}" if step is not None else ""
+    return (
+        f"{method}: {what} became {value}{where} with a {dtype} denoiser on {surrogate.device}; nothing was protected. "
+        "Try a float32 model (--dtype fp32 / ComfyUI without --fp16-unet), a smaller --step-size, or method advdm."
+    )
+
+
+def _batches(images: list[torch.Tensor], tiles: list[list[Tile]], batch_size: int) -> list[list[tuple[int, Tile]]]:
+    groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
+    for index, image_tiles in enumerate(tiles):
+        for tile in image_tiles:
+            groups.setdefault((tile.padded_height, tile.padded_width), []).append((index, tile))
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def _new_run(surrogate, images, settings, objective, tiles=None, masks=None, prompts=None, *, random_start: bool) -> RunContext:
+    images = [image.detach().to("cpu", torch.float32) for image in images]
+    tiles = tiles or [[Tile(0, 0, *image.shape[-2:], *image.shape[-2:])] for image in images]
+    masks = masks or [None] * len(images)
+    prompts = list(prompts or [settings.prompt] * len(images))
+    epsilon = settings.budget / 255.0
+    keys = [_image_key(image) for image in images]
+    deltas, bounds = [], []
+    for image, mask, key in zip(images, masks, keys):
+        bound = torch.full_like(image[:1], epsilon) if mask is None else mask.detach().float().cpu().clamp(0, 1).reshape(image[:1].shape) * epsilon
+        start = torch.zeros_like(image)
+        if random_start:
+            generator = torch.Generator().manual_seed(derive_seed(settings.seed, "start", key))
+            start = (torch.rand(image.shape, generator=generator) * 2 - 1) * bound
+        deltas.append((image + start).clamp(0, 1) - image)
+        bounds.append(bound)
+    device = surrogate.device
+    run = RunContext(
+        surrogate=surrogate,
+        settings=settings,
+        sampler=TimestepSampler(settings.timesteps or objective.default_schedule, surrogate.alphas_cumprod, settings.t_min, settings.t_max),
+        autocast={"device_type": device.type, "dtype": surrogate.compute_dtype,
+                  "enabled": device.type != "cpu" and surrogate.compute_dtype != torch.float32},  # fmt: skip
+        generator=torch.Generator().manual_seed(derive_seed(settings.seed, "inner", *keys)),
+        images=images,
+        deltas=deltas,
+        bounds=bounds,
+    )
+    for refs in _batches(images, tiles, settings.batch_size):
+        generator = torch.Generator().manual_seed(derive_seed(settings.seed, "batch", *[(keys[i], t) for i, t in refs]))
+        run.batches.append(
+            AttackContext(run, refs, surrogate.encode_prompts([prompts[i] for i, _ in refs]), generator, RobustnessTransform(settings.robust, generator))
+        )
+    return run
+
+
+def evaluate_objective(surrogate: Surrogate, objective: Objective, images: Sequence[torch.Tensor], settings: ProtectSettings,
+                       draws: int = EVALUATION_DRAWS) -> list[float]:  # fmt: skip
+    """A crafted objective's value on whole images [3, H, W], under draws fixed by position and seed.
+
+    The same draws are used whatever the pixels, so clean, protected and noisy versions of one set
+    compare; inner-loop objectives are measured against the state their optimisation ended with.
+    """
+    run = _new_run(surrogate, images, settings, objective, random_start=False)
+    values: dict[int, list[float]] = {}
+    for ctx in run.batches:
+        _record(values, ctx, _evaluate(objective, ctx, draws))
+    return _per_image(values)
+
+
+def craft_perturbations(
+    surrogate: Surrogate,
+    images: Sequence[torch.Tensor],
+    settings: ProtectSettings,
+    *,
+    tiles: Sequence[list[Tile]] | None = None,
+    masks: Sequence[torch.Tensor | None] | None = None,
+    prompts: Sequence[str] | None = None,
+    objective: Objective | None = None,
+    on_step: StepCallback | None = None,
+) -> PerturbationResult:
+    """Optimise one bounded perturbation per image, over a whole set of images.
+
+    Args:
+        images: [3, H, W] float tensors in [0, 1], any sizes.
+        tiles: per image, the tiles the model sees (see protect.tiles); default one tile per image.
+        masks: per image, None or [1, H, W] in [0, 1]: the budget at each pixel is scaled by it.
+        prompts: one per image; default `settings.prompt`.
+        objective: an instance, to reuse or inspect; default built from `settings.method`.
+
+    Raises:
+        ProtectionError: a non-finite objective or gradient, or a step whose gradient is zero
+            everywhere (the perturbation cannot have moved).
+    """
+    objective = objective or make_objective(settings.method, settings.method_options)
+    if settings.low_memory:
+        surrogate.enable_low_memory()
+    run = _new_run(surrogate, images, settings, objective, tiles, masks, prompts, random_start=settings.random_init)
+    images = run.images
+    moved = [False] * len(images)
+    first: dict[int, list[float]] = {}
+    last: dict[int, list[float]] = {}
+    per_step: list[list[float]] = [[] for _ in range(settings.steps)]
+    groups = [run.batches] if objective.scope == "dataset" else [[batch] for batch in run.batches]
+    all_batches = run.batches
+    for group in groups:
+        run.batches = group
+        objective.setup(run)
+        for step in range(settings.steps):
+            objective.before_step(run, step)
+            for ctx in group:
+                if step == 0:
+                    _record(first, ctx, _evaluate(objective, ctx))
+                per_step[step].append(_pgd_step(objective, ctx, step, moved))
+                if on_step is not None:
+                    on_step(len(ctx.tiles))
+        for ctx in group:
+            _record(last, ctx, _evaluate(objective, ctx))
+    run.batches = all_batches
+    return PerturbationResult(deltas=run.deltas, losses=[sum(v) / len(v) for v in per_step],
+                              objective_first=_per_image(first), objective_last=_per_image(last), moved=moved)  # fmt: skip
+
+
+def _record(store: dict[int, list[float]], ctx: AttackContext, values: torch.Tensor) -> None:
+    for (index, _), value in zip(ctx.tiles, values.tolist()):
+        store.setdefault(index, []).append(value)
+
+
+def _per_image(store: dict[int, list[float]]) -> list[float]:
+    """Mean over each image's tiles, in image order."""
+    return [sum(store[i]) / len(store[i]) for i in sorted(store)]
+
+
+def _evaluate(objective: Objective, ctx: AttackContext, draws: int = EVALUATION_DRAWS) -> torch.Tensor:
+    """The objective per tile under fixed (t, noise) draws, so the first and last values compare."""
+    saved = ctx.generator
+    ctx.generator = torch.Generator().manual_seed(derive_seed(ctx.run.settings.seed, "evaluate", *ctx.tiles))
+    try:
+        with objective.active(), torch.no_grad(), torch.autocast(**ctx.run.autocast):
+            pixels = ctx.protected()
+            total = sum(objective.loss(ctx, pixels).float() for _ in range(draws))
+    finally:
+        ctx.generator = saved
+    return (total / draws).cpu()
+
+
+def _pgd_step(objective: Objective, ctx: AttackContext, step: int, moved: list[bool]) -> float:
+    run = ctx.run
+    images = ctx.images
+    delta = ctx.delta().requires_grad_(True)
+    with objective.active():
+        with torch.autocast(**run.autocast):
+            loss = objective.loss(ctx, ctx.robustness(images + delta))
+        if not torch.isfinite(loss).all():
+            raise ProtectionError(_failure(objective.name, "the objective", float(loss.detach().float().sum()), run.surrogate, step))
+        (gradient,) = torch.autograd.grad(loss.float().sum(), delta)
+    if not torch.isfinite(gradient).all():
+        raise ProtectionError(_failure(objective.name, "the gradient", float("nan"), run.surrogate, step))
+    if bool((gradient.flatten(1).abs().amax(1) == 0).any()):
+        raise ProtectionError(_failure(objective.name, "the gradient of a tile", 0.0, run.surrogate, step))
+    direction = 1.0 if objective.maximise else -1.0
+    update = (direction * run.settings.effective_step_size / 255.0 * gradient.sign()).cpu()
+    for (index, tile), tile_update in zip(ctx.tiles, update):
+        region = (slice(None), slice(tile.y, tile.y + tile.height), slice(tile.x, tile.x + tile.width))
+        image, bound, current = run.images[index][region], run.bounds[index][region], run.deltas[index][region]
+        new = current + tile_update[:, : tile.height, : tile.width]
+        new = torch.maximum(torch.minimum(new, bound), -bound)
+        new = (image + new).clamp(0, 1) - image
+        moved[index] = moved[index] or bool((new != current).any())
+        run.deltas[index][region] = new
+    return float(loss.detach().float().mean())
 
 
 def craft_perturbation(
@@ -38,63 +324,10 @@ def craft_perturbation(
     objective: Objective | None = None,
     on_step: StepCallback | None = None,
 ) -> AttackResult:
-    """Optimise a bounded perturbation for a batch of images [B, 3, H, W] in [0, 1].
-
-    Args:
-        masks: [B, 1, H, W] in [0, 1]; the budget at each pixel is scaled by the mask (0 = untouched).
-        prompts: one per image; default `settings.prompt` for all.
-        objective: an instance, to reuse or inspect; default built from `settings.method`.
-    """
-    device = surrogate.device
-    images = images.to(device=device, dtype=torch.float32)
-    batch = images.shape[0]
-    objective = objective or make_objective(settings.method, settings.method_options)
-    generator = torch.Generator().manual_seed(settings.seed)
-    epsilon = settings.budget / 255.0
-    step_size = settings.effective_step_size / 255.0
-    bound = torch.full_like(images[:, :1], epsilon) if masks is None else masks.to(images).clamp(0, 1) * epsilon
-
-    if settings.low_memory and hasattr(surrogate, "enable_low_memory"):
-        surrogate.enable_low_memory()
-    sampler = TimestepSampler(
-        settings.timesteps or objective.default_schedule, surrogate.alphas_cumprod, settings.t_min, settings.t_max
+    """`craft_perturbations` for a batch [B, 3, H, W] of whole images (each one tile)."""
+    result = craft_perturbations(
+        surrogate, list(images), settings, masks=None if masks is None else list(masks), prompts=prompts, objective=objective, on_step=on_step
     )
-    ctx = AttackContext(
-        surrogate=surrogate,
-        images=images,
-        conditioning=surrogate.encode_prompts(prompts or [settings.prompt] * batch),
-        sampler=sampler,
-        generator=generator,
-        noise_samples=settings.noise_samples,
-        autocast={
-            "device_type": device.type,
-            "dtype": surrogate.compute_dtype,
-            "enabled": device.type != "cpu" and surrogate.compute_dtype != torch.float32,
-        },
-    )
-    robustness = RobustnessTransform(settings.robust, generator)
-
-    if settings.random_init:
-        delta = (torch.rand(images.shape, generator=generator).to(images) * 2 - 1) * bound
-    else:
-        delta = torch.zeros_like(images)
-    delta = (images + delta).clamp(0, 1) - images
-    ctx.delta = delta
-    objective.setup(ctx)
-    direction = 1.0 if objective.maximise else -1.0
-    losses: list[torch.Tensor] = []
-    for step in range(settings.steps):
-        objective.before_step(ctx, step)
-        delta.requires_grad_(True)
-        with torch.autocast(**ctx.autocast):
-            loss = objective.loss(ctx, robustness(images + delta))
-        (gradient,) = torch.autograd.grad(loss.sum(), delta)
-        with torch.no_grad():
-            delta = delta + direction * step_size * gradient.sign()
-            delta = torch.maximum(torch.minimum(delta, bound), -bound)
-            delta = (images + delta).clamp(0, 1) - images
-        ctx.delta = delta
-        losses.append(loss.detach().mean())
-        if on_step is not None:
-            on_step(step + 1)
-    return AttackResult(delta=delta.detach(), losses=[value.item() for value in losses])
+    if not all(result.moved):
+        raise ProtectionError(f"{settings.method}: the perturbation of image(s) {[i for i, m in enumerate(result.moved) if not m]} never moved")
+    return AttackResult(torch.stack(result.deltas), result.losses, result.objective_first, result.objective_last)

@@ -1,14 +1,12 @@
-"""Protecting whole images and folders: tiling, batching across images, 8-bit output, resume.
+"""Protecting whole images and folders: tiling, one optimisation over the set, 8-bit output, resume.
 
-Any image size works: images at most one tile large are padded to the model's size multiple;
-larger ones are covered by overlapping tiles of the surrogate's native resolution (never
-downscaled), and the per-tile perturbations are pasted back, so the output has exactly the
-input's width and height.
+Any image size works (see protect.tiles): the output has exactly the input's width and height.
+All images of a call are protected together, so UDP/EUDP/ASPL train one surrogate state on the
+whole set, as the victim will.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -16,55 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .. import __version__
-from ..errors import InputFileError, SettingsError
+from ..errors import InputFileError, ProtectionError, SettingsError
 from ..files import atomic_write_bytes, iter_image_files, sha256_bytes
 from ..images import encode_image, load_image, output_suffix, read_provenance
 from ..metrics import visibility
 from ..surrogates.base import Surrogate
-from .engine import craft_perturbation
+from .engine import craft_perturbations
+from .objectives import InnerLoopObjective, make_objective
 from .settings import ProtectSettings
+from .tiles import Tile, tile_layout
 
 #: advanced by the number of tiles that just took one PGD step; may raise to cancel
 Progress = Callable[[int], None]
 
-
-@dataclass(frozen=True)
-class Tile:
-    y: int
-    x: int
-    height: int  # real pixels taken from the image
-    width: int
-    padded_height: int  # what the model sees (a multiple of the surrogate's size multiple)
-    padded_width: int
-
-
-def _axis_spans(length: int, tile: int, multiple: int) -> list[tuple[int, int, int]]:
-    if length <= tile:
-        return [(0, length, math.ceil(length / multiple) * multiple)]
-    count = math.ceil(length / tile)
-    return [(round(i * (length - tile) / (count - 1)), tile, tile) for i in range(count)]
-
-
-def tile_layout(height: int, width: int, tile: int, multiple: int) -> list[Tile]:
-    """Tiles covering the image; overlapping where the size is not a multiple of the tile."""
-    tile = max(multiple, tile // multiple * multiple)
-    return [
-        Tile(y, x, h, w, ph, pw)
-        for y, h, ph in _axis_spans(height, tile, multiple)
-        for x, w, pw in _axis_spans(width, tile, multiple)
-    ]
-
-
-def _crop(array: torch.Tensor, tile: Tile) -> torch.Tensor:
-    crop = array[:, tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
-    pad_h, pad_w = tile.padded_height - tile.height, tile.padded_width - tile.width
-    if pad_h or pad_w:
-        crop = F.pad(crop[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-    return crop
+__all__ = ["ImageOutcome", "ProtectedImages", "RunSummary", "Tile", "protect_arrays", "protect_files", "protect_images", "tile_layout"]
 
 
 def apply_perturbation(rgb: np.ndarray, delta: torch.Tensor, budget: float, mask: np.ndarray | None = None) -> np.ndarray:
@@ -75,6 +41,56 @@ def apply_perturbation(rgb: np.ndarray, delta: torch.Tensor, budget: float, mask
     return np.clip(rgb.astype(np.int16) + step, 0, 255).astype(np.uint8)
 
 
+@dataclass
+class ProtectedImages:
+    """What `protect_images` returns: the 8-bit outputs and how the optimisation went, per image."""
+
+    arrays: list[np.ndarray]
+    objective_first: list[float]  # the method's objective at the first step (fixed draws)
+    objective_last: list[float]  # the same after the last step
+    inner_movement: float | None  # relative change of an inner loop's trained state (UDP/EUDP/ASPL)
+
+
+def protect_images(
+    surrogate: Surrogate,
+    images: list[np.ndarray],
+    settings: ProtectSettings,
+    masks: list[np.ndarray | None] | None = None,
+    progress: Progress | None = None,
+) -> ProtectedImages:
+    """Protect uint8 HxWx3 images as one set: tiles of equal shape from all images share PGD batches,
+    and methods with an inner training loop train one surrogate state on the whole set.
+
+    masks: per image, None or float HxW in [0, 1] (1 = may be perturbed).
+
+    Raises:
+        ProtectionError: the optimisation failed or some image's perturbation never moved; nothing
+            is returned as protected.
+    """
+    masks = masks or [None] * len(images)
+    tile_edge = settings.tile_size or surrogate.native_resolution
+    tensors = [torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1) / 255.0 for rgb in images]  # a copy: inputs may be read-only
+    objective = make_objective(settings.method, settings.method_options)
+    result = craft_perturbations(
+        surrogate,
+        tensors,
+        settings,
+        tiles=[tile_layout(rgb.shape[0], rgb.shape[1], tile_edge, surrogate.size_multiple) for rgb in images],
+        masks=[None if m is None else torch.from_numpy(np.asarray(m, dtype=np.float32))[None] for m in masks],
+        objective=objective,
+        on_step=progress,
+    )
+    stuck = [index for index, moved in enumerate(result.moved) if not moved]
+    if stuck:
+        raise ProtectionError(
+            f"{settings.method}: the perturbation of image(s) {stuck} never moved from its random start "
+            "(every gradient step was cancelled by the budget); nothing was written as protected"
+        )
+    arrays = [apply_perturbation(rgb, delta, settings.budget, mask) for rgb, delta, mask in zip(images, result.deltas, masks)]
+    movement = objective.inner_movement() if isinstance(objective, InnerLoopObjective) else None
+    return ProtectedImages(arrays, result.objective_first, result.objective_last, movement)
+
+
 def protect_arrays(
     surrogate: Surrogate,
     images: list[np.ndarray],
@@ -82,33 +98,8 @@ def protect_arrays(
     masks: list[np.ndarray | None] | None = None,
     progress: Progress | None = None,
 ) -> list[np.ndarray]:
-    """Protect uint8 HxWx3 images; tiles of equal shape from all images share PGD batches.
-
-    masks: per image, None or float HxW in [0, 1] (1 = may be perturbed).
-    """
-    masks = masks or [None] * len(images)
-    tile_edge = settings.tile_size or surrogate.native_resolution
-    jobs: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
-    for index, rgb in enumerate(images):
-        for tile in tile_layout(rgb.shape[0], rgb.shape[1], tile_edge, surrogate.size_multiple):
-            jobs.setdefault((tile.padded_height, tile.padded_width), []).append((index, tile))
-    tensors = [torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1) / 255.0 for rgb in images]  # a copy: inputs may be read-only
-    mask_tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=np.float32))[None] for m in masks]
-    deltas = [torch.zeros_like(t) for t in tensors]
-    for group in jobs.values():
-        for start in range(0, len(group), settings.batch_size):
-            batch = group[start : start + settings.batch_size]
-            pixels = torch.stack([_crop(tensors[i], tile) for i, tile in batch])
-            batch_masks = None
-            if any(mask_tensors[i] is not None for i, _ in batch):
-                batch_masks = torch.stack(
-                    [_crop(mask_tensors[i] if mask_tensors[i] is not None else torch.ones_like(tensors[i][:1]), t) for i, t in batch]
-                )
-            on_step = (lambda _step, n=len(batch): progress(n)) if progress else None
-            result = craft_perturbation(surrogate, pixels, settings, masks=batch_masks, on_step=on_step)
-            for (index, tile), delta in zip(batch, result.delta.cpu()):
-                deltas[index][:, tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] = delta[:, : tile.height, : tile.width]
-    return [apply_perturbation(rgb, delta, settings.budget, mask) for rgb, delta, mask in zip(images, deltas, masks)]
+    """`protect_images`, returning only the protected uint8 arrays."""
+    return protect_images(surrogate, images, settings, masks, progress).arrays
 
 
 @dataclass
@@ -121,6 +112,8 @@ class ImageOutcome:
     psnr: float | None = None
     ssim: float | None = None
     seconds: float | None = None
+    objective_first: float | None = None  # the method's objective at the first PGD step
+    objective_last: float | None = None  # and after the last one (same draws): did it move?
     notes: list[str] = field(default_factory=list)
 
 
@@ -258,32 +251,38 @@ def protect_files(
         "demo_only": surrogate.demo_only,
         "fingerprint": fingerprint,
     }
-    for start in range(0, len(pending), settings.batch_size):
-        chunk = []
-        for outcome, path, rel, source_hash in pending[start : start + settings.batch_size]:
-            try:
-                loaded = load_image(path)
-                mask_file = _mask_for(mask_path, rel)
-                mask_array = load_mask(mask_file, loaded.rgb.shape[:2]) if mask_file else None
-            except InputFileError as exc:
-                outcome.status, outcome.error = "failed", exc.problem
-                continue
-            outcome.notes = loaded.notes
-            chunk.append((outcome, loaded, mask_array, source_hash))
-        if not chunk:
+    # one set: inner-loop methods train their surrogate state on every pending image together
+    chunk = []
+    for outcome, path, rel, source_hash in pending:
+        try:
+            loaded = load_image(path)
+            mask_file = _mask_for(mask_path, rel)
+            mask_array = load_mask(mask_file, loaded.rgb.shape[:2]) if mask_file else None
+        except InputFileError as exc:
+            outcome.status, outcome.error = "failed", exc.problem
             continue
+        outcome.notes = loaded.notes
+        chunk.append((outcome, loaded, mask_array, source_hash))
+    if chunk:
         chunk_started = time.perf_counter()
-        protected = protect_arrays(surrogate, [c[1].rgb for c in chunk], settings, [c[2] for c in chunk], progress)
+        try:
+            result = protect_images(surrogate, [c[1].rgb for c in chunk], settings, [c[2] for c in chunk], progress)
+        except ProtectionError as exc:
+            for outcome, *_ in chunk:
+                outcome.status, outcome.error = "failed", str(exc)
+            result = None
         seconds_each = (time.perf_counter() - chunk_started) / len(chunk)
-        for (outcome, loaded, _, source_hash), rgb in zip(chunk, protected):
+        for index, (outcome, loaded, _, source_hash) in enumerate(chunk if result else []):
             data = encode_image(
-                rgb, fmt, alpha=loaded.alpha, quality=quality, metadata={**metadata, "source_sha256": source_hash},
+                result.arrays[index], fmt, alpha=loaded.alpha, quality=quality, metadata={**metadata, "source_sha256": source_hash},
                 icc_profile=loaded.icc_profile, exif=loaded.exif,
             )
             atomic_write_bytes(outcome.output, data)
             published = load_image(outcome.output).rgb  # measure what was written (lossy formats too)
             outcome.status = "protected"
             outcome.seconds = round(seconds_each, 3)
+            outcome.objective_first = round(result.objective_first[index], 6)
+            outcome.objective_last = round(result.objective_last[index], 6)
             for key, value in visibility(loaded.rgb, published).items():
                 setattr(outcome, key, value)
     return RunSummary(

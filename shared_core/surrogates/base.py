@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import SettingsError
+
 
 class Surrogate(ABC):
     """A differentiable diffusion model used to craft perturbations.
@@ -29,6 +31,8 @@ class Surrogate(ABC):
         size_multiple: input height and width must be multiples of this many pixels.
         native_resolution: the pixel size the model was trained at (the tile size).
         demo_only: True for untrained built-in models; reports say so.
+        denoiser: the denoising network module (UNet), in the host's own dtype. Inner training
+            loops attach float32 adapters to it by forward hooks during a call; it is never modified.
     """
 
     name: str
@@ -40,6 +44,7 @@ class Surrogate(ABC):
     size_multiple: int = 8
     native_resolution: int = 512
     demo_only: bool = False
+    denoiser: torch.nn.Module
 
     @abstractmethod
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,10 @@ class Surrogate(ABC):
     @abstractmethod
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Denoiser weights an inner loop may adapt (on copies: the shared model is never changed)."""
+
+    def enable_low_memory(self) -> None:
+        """Gradient checkpointing in the denoiser; adapters that cannot offer it say why."""
+        raise SettingsError(f"--low-memory is not available for {type(self).__name__} models")
 
     @property
     def num_timesteps(self) -> int:
@@ -105,6 +114,7 @@ class Surrogate(ABC):
             "kind": type(self).__name__,
             "device": str(self.device),
             "prediction_type": self.prediction_type,
+            "denoiser_dtype": str(next(self.denoiser.parameters()).dtype).replace("torch.", ""),
             "native_resolution": self.native_resolution,
             "demo_only": self.demo_only,
         }

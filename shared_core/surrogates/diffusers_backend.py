@@ -33,7 +33,7 @@ class LatentDiffusersSurrogate(Surrogate):
 
     def __init__(self, pipeline, name: str, device: torch.device, compute_dtype=torch.float32, demo_only=False):
         self.pipeline = pipeline
-        self.unet = pipeline.unet
+        self.unet = self.denoiser = pipeline.unet
         self.vae = pipeline.vae
         self.name = name
         self.device = device
@@ -72,12 +72,14 @@ class LatentDiffusersSurrogate(Surrogate):
         return {"encoder_hidden_states": embeds}
 
     def predict(self, noisy, timesteps, conditioning, params=None):
-        kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning["encoder_hidden_states"]}
+        dtype = self.unet.dtype  # half-precision weights take half-precision inputs (autocast or not)
+        noisy = noisy.to(dtype)
+        kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning["encoder_hidden_states"].to(dtype)}
         if self.is_sdxl:
             height, width = noisy.shape[-2] * self.latent_factor, noisy.shape[-1] * self.latent_factor
-            time_ids = torch.tensor([height, width, 0, 0, height, width], device=noisy.device, dtype=noisy.dtype)
+            time_ids = torch.tensor([height, width, 0, 0, height, width], device=noisy.device, dtype=dtype)
             kwargs["added_cond_kwargs"] = {
-                "text_embeds": conditioning["text_embeds"],
+                "text_embeds": conditioning["text_embeds"].to(dtype),
                 "time_ids": time_ids.expand(noisy.shape[0], -1),
             }
         kwargs["return_dict"] = False
@@ -95,7 +97,7 @@ class PixelDiffusersSurrogate(Surrogate):
     """A pixel-space DDPM (`UNet2DModel`), as in the UDP paper's from-scratch setting."""
 
     def __init__(self, unet, scheduler, name: str, device: torch.device, compute_dtype=torch.float32, demo_only=False):
-        self.unet = unet
+        self.unet = self.denoiser = unet
         self.name = name
         self.device = device
         self.compute_dtype = compute_dtype
@@ -116,7 +118,7 @@ class PixelDiffusersSurrogate(Surrogate):
         return None
 
     def predict(self, noisy, timesteps, conditioning, params=None):
-        return _call_denoiser(self.unet, params, (noisy, timesteps), {"return_dict": False})[0]
+        return _call_denoiser(self.unet, params, (noisy.to(self.unet.dtype), timesteps), {"return_dict": False})[0]
 
     def trainable_parameters(self):
         return dict(self.unet.named_parameters())

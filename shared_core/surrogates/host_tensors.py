@@ -6,6 +6,7 @@ cannot save for backward; adapters copy what they need out of that mode once.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
@@ -31,3 +32,14 @@ def first_weight(module: torch.nn.Module) -> torch.Tensor:
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         return tensor
     raise SettingsError(f"{type(module).__name__} has no weights")
+
+
+def checkpoint_blocks(blocks: list[torch.nn.Module]) -> None:
+    """Gradient checkpointing for modules the caller owns: each block's activations are recomputed
+    in the backward pass instead of stored (much less memory, about a third more compute)."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        if not getattr(block, "_unlearnable_checkpointed", False):
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+            block._unlearnable_checkpointed = True

@@ -34,30 +34,47 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """Half precision on accelerators (bf16 where supported), float32 on CPU."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+    """Half precision on accelerators (as ComfyUI and A1111 hold models there), float32 on CPU."""
+    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
-def load_surrogate(spec: str, device: str | torch.device = "auto", *, config_dir: str | None = None) -> Surrogate:
+def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name in (None, "auto"):
+        return default_dtype(device)
+    if name not in DTYPES:
+        raise SettingsError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _denoiser_dtype(pipeline, dtype: torch.dtype):
+    """UNet and text encoders in `dtype`; the VAE encoder stays float32 (SD's VAE overflows in fp16)."""
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        module = getattr(pipeline, name, None)
+        if module is not None:
+            module.to(dtype)
+    return pipeline
+
+
+def load_surrogate(spec: str, device: str | torch.device = "auto", *, config_dir: str | None = None, dtype: str | None = None) -> Surrogate:
     """Build a surrogate from `builtin:NAME`, a diffusers folder, or a single-file `.safetensors`.
 
-    Weights are kept in float32 (gradients w.r.t. the input are noisy in half precision); the
-    engine runs the forward pass under autocast on accelerators instead.
+    `dtype` ("fp32", "bf16", "fp16"; default fp16 on accelerators, fp32 on CPU) is the precision
+    of the denoiser's weights, as hosts hold them; the forward runs under autocast in that dtype
+    on accelerators, and everything an inner loop trains is float32 whatever this is.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    compute_dtype = default_dtype(device)
+    compute_dtype = parse_dtype(dtype, device)
     if spec.startswith("builtin:"):
         if spec == "builtin:tiny":
-            pipeline = tiny_sd_pipeline(TinyLatentConfig()).to(device)
+            pipeline = _denoiser_dtype(tiny_sd_pipeline(TinyLatentConfig()).to(device), compute_dtype)
             return LatentDiffusersSurrogate(pipeline, spec, device, compute_dtype, demo_only=True)
         if spec == "builtin:tiny-pixel":
             unet, scheduler = tiny_pixel_ddpm(resolution=64)
-            return PixelDiffusersSurrogate(unet.to(device), scheduler, spec, device, compute_dtype, demo_only=True)
+            return PixelDiffusersSurrogate(unet.to(device, compute_dtype), scheduler, spec, device, compute_dtype, demo_only=True)
         raise SettingsError(f"unknown built-in model {spec!r}; choose one of {', '.join(BUILTIN_MODELS)}")
     path = Path(spec)
     if path.is_dir():
@@ -81,7 +98,7 @@ def _from_folder(path: Path, device, compute_dtype) -> Surrogate:
         pipeline = DiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise InputFileError(path, f"cannot load the diffusers pipeline {class_name}: {exc}") from None
-    pipeline = pipeline.to(device)
+    pipeline = _denoiser_dtype(pipeline.to(device), compute_dtype)
     if hasattr(pipeline, "vae") and hasattr(pipeline, "unet"):
         return LatentDiffusersSurrogate(pipeline, str(path), device, compute_dtype)
     if hasattr(pipeline, "unet") and hasattr(pipeline, "scheduler"):
@@ -114,4 +131,4 @@ def _from_single_file(path: Path, device, compute_dtype, config_dir: str | None)
             f"cannot load as {pipeline_class.__name__} offline ({exc}). Single-file loading needs the model's "
             "diffusers configs: pass --config with a local diffusers folder of the same model family.",
         ) from None
-    return LatentDiffusersSurrogate(pipeline.to(device), str(path), device, compute_dtype)
+    return LatentDiffusersSurrogate(_denoiser_dtype(pipeline.to(device), compute_dtype), str(path), device, compute_dtype)

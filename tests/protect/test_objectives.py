@@ -51,23 +51,7 @@ def test_advdm_raises_the_denoising_loss(tiny_surrogate, photo_batch):
     assert protected - clean > 3 * abs(random - clean), (clean, random, protected)
 
 
-def test_udp_min_lowers_the_loss_of_the_model_trained_on_it(tiny_surrogate, photo_batch):
-    result, objective = attack(tiny_surrogate, photo_batch, "udp", steps=20, sign="min", inner_lr=1e-3, inner_every=5)
-    check_budget(photo_batch, result.delta)
-    clean = fixed_loss(tiny_surrogate, photo_batch, objective.params)
-    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params)
-    assert protected < clean, (clean, protected)
-    assert not objective.maximise
-
-
-def test_udp_max_raises_the_loss_of_the_model_trained_on_it(tiny_surrogate, photo_batch):
-    result, objective = attack(tiny_surrogate, photo_batch, "udp", steps=20, sign="max", inner_lr=1e-3, inner_every=5)
-    clean = fixed_loss(tiny_surrogate, photo_batch, objective.params)
-    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params)
-    assert protected > clean, (clean, protected)
-
-
-def test_eudp_samples_timesteps_where_the_perturbation_survives(tiny_surrogate, photo_batch):
+def test_eudp_samples_timesteps_where_the_perturbation_survives(tiny_surrogate):
     from shared_core.protect.timesteps import TimestepSampler
 
     objective = make_objective("eudp")
@@ -75,11 +59,6 @@ def test_eudp_samples_timesteps_where_the_perturbation_survives(tiny_surrogate, 
     sampler = TimestepSampler("survival", tiny_surrogate.alphas_cumprod)
     draws = sampler.sample(4000, torch.Generator().manual_seed(0))
     assert draws.float().mean() < 999 / 2 - 60  # weighted toward small t (large sqrt(abar_t))
-    result, objective = attack(tiny_surrogate, photo_batch, "eudp", steps=20, objective=objective, inner_lr=1e-3, inner_every=5)
-    check_budget(photo_batch, result.delta)
-    clean = fixed_loss(tiny_surrogate, photo_batch, objective.params, schedule="survival")
-    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.params, schedule="survival")
-    assert protected > clean, (clean, protected)
 
 
 def test_encoder_attack_moves_the_latent_toward_its_target(tiny_surrogate, photo_batch):
@@ -96,18 +75,11 @@ def test_mist_raises_semantic_and_lowers_textural_loss(tiny_surrogate, photo_bat
     result, objective = attack(tiny_surrogate, photo_batch, "mist", steps=25, textural_weight=1.0)
     check_budget(photo_batch, result.delta)
     with torch.no_grad():
-        clean_text = (tiny_surrogate.encode(photo_batch) - objective.target_latents).pow(2).mean()
-        prot_text = (tiny_surrogate.encode(photo_batch + result.delta) - objective.target_latents).pow(2).mean()
+        target = tiny_surrogate.encode(target_pixels("pattern", photo_batch))
+        clean_text = (tiny_surrogate.encode(photo_batch) - target).pow(2).mean()
+        prot_text = (tiny_surrogate.encode(photo_batch + result.delta) - target).pow(2).mean()
     assert prot_text < clean_text
     assert fixed_loss(tiny_surrogate, photo_batch + result.delta) > fixed_loss(tiny_surrogate, photo_batch)
-
-
-def test_aspl_raises_the_loss_of_the_fine_tuned_copy(tiny_surrogate, photo_batch):
-    result, objective = attack(tiny_surrogate, photo_batch, "aspl", steps=18, lr=1e-3)
-    check_budget(photo_batch, result.delta)
-    clean = fixed_loss(tiny_surrogate, photo_batch, objective.attacked)
-    protected = fixed_loss(tiny_surrogate, photo_batch + result.delta, objective.attacked)
-    assert protected > clean, (clean, protected)
 
 
 def test_inner_loops_never_modify_the_shared_model(tiny_surrogate, photo_batch):
@@ -121,18 +93,27 @@ def test_inner_loops_never_modify_the_shared_model(tiny_surrogate, photo_batch):
 def test_mask_limits_the_perturbation_to_the_masked_region(tiny_surrogate, photo_batch):
     masks = torch.zeros(2, 1, 64, 64)
     masks[:, :, :, :32] = 1
-    settings = ProtectSettings(method="advdm", steps=5, budget=8)
-    result = craft_perturbation(tiny_surrogate, photo_batch, settings, masks=masks)
+    start = craft_perturbation(tiny_surrogate, photo_batch, ProtectSettings(method="advdm", steps=1, budget=8), masks=masks)
+    result = craft_perturbation(tiny_surrogate, photo_batch, ProtectSettings(method="advdm", steps=5, budget=8), masks=masks)
     assert result.delta[..., 32:].abs().max() == 0
-    assert result.delta[..., :32].abs().max() > 4 / 255
+    assert (result.delta[..., :32] != start.delta[..., :32]).float().mean() > 0.5  # optimised, not only the random start
+    assert result.objective_last[0] > result.objective_first[0] and result.objective_last[1] > result.objective_first[1]
 
 
 @pytest.mark.parametrize("robust", [("jpeg",), ("resize",), ("blur",), ("jpeg", "resize", "blur")])
 def test_robustness_transforms_run_inside_the_loop(tiny_surrogate, photo_batch, robust):
-    settings = ProtectSettings(method="advdm", steps=3, budget=8, robust=robust)
+    from shared_core.protect.transforms import ROBUSTNESS_TRANSFORMS
+
+    settings = ProtectSettings(method="advdm", steps=6, budget=8, robust=robust)
     result = craft_perturbation(tiny_surrogate, photo_batch, settings)
+    plain = craft_perturbation(tiny_surrogate, photo_batch, ProtectSettings(method="advdm", steps=6, budget=8))
     check_budget(photo_batch, result.delta)
-    assert result.delta.abs().max() > 0
+    assert not torch.equal(result.delta, plain.delta)  # the transforms changed what was optimised
+    transform = ROBUSTNESS_TRANSFORMS[robust[0]]
+    transformed = lambda delta: transform((photo_batch + delta).clamp(0, 1), torch.Generator().manual_seed(0))  # noqa: E731
+    noise = (torch.rand(photo_batch.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1) * EPS
+    clean = fixed_loss(tiny_surrogate, transformed(torch.zeros_like(photo_batch)))
+    assert fixed_loss(tiny_surrogate, transformed(result.delta)) - clean > abs(fixed_loss(tiny_surrogate, transformed(noise)) - clean)
 
 
 def test_unknown_method_and_option_errors_are_clear():

@@ -8,6 +8,7 @@ import torch
 
 from shared_core.errors import SettingsError
 from shared_core.protect import ProtectSettings, craft_perturbation, protect_arrays
+from tests.conftest import assert_optimised
 
 
 @pytest.fixture
@@ -60,12 +61,30 @@ def test_protection_runs_on_the_loaded_model_and_leaves_it_unchanged(adapter, st
             unet(x, torch.tensor([5]), context=torch.zeros(1, 6, 8)).sum().backward()
     surrogate = adapter(model, kind)
     images = torch.rand(2, 3, 64, 64)
-    for method in ("advdm", "udp"):  # udp trains copies of the UNet weights in an inner loop
+    for method, options in (("advdm", {}), ("udp", {}), ("udp", {"inner_params": "all"})):  # udp trains adapters / weight copies
         # a host may call in inference mode; the tab's run_exclusive leaves it, as here
         with torch.inference_mode(), torch.inference_mode(False), torch.enable_grad():
-            result = craft_perturbation(surrogate, images, ProtectSettings(method=method, steps=2, budget=8))
-        assert 0 < result.delta.abs().max() <= 8 / 255 + 1e-6
+            result = assert_optimised(surrogate, images, ProtectSettings(method=method, steps=6, budget=8, method_options=options))
+        assert result.delta.abs().max() <= 8 / 255 + 1e-6
     same(before, snapshot(*modules))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["eudp", "aspl", "advdm"])
+def test_half_precision_unet_as_a1111_holds_it_is_optimised(adapter, stubs, dtype, method):
+    ldm = stubs.TinyLDM(unet_dtype=dtype)
+    before = snapshot(ldm)
+    surrogate = adapter(ldm, "tiny-half")
+    options = {"inner_every": 2, "inner_steps": 2} if method == "eudp" else {"pgd_per_round": 3} if method == "aspl" else {}
+    with torch.inference_mode(), torch.inference_mode(False), torch.enable_grad():
+        assert_optimised(surrogate, torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
+                         ProtectSettings(method=method, steps=6, budget=8, method_options=options))  # fmt: skip
+    same(before, snapshot(ldm))
+
+
+def test_low_memory_is_refused_with_a_reason(adapter, stubs):
+    with pytest.raises(SettingsError, match="--medvram"):
+        craft_perturbation(adapter(stubs.TinyLDM()), torch.rand(1, 3, 64, 64), ProtectSettings(method="advdm", steps=1, low_memory=True))
 
 
 def test_whole_images_through_the_pipeline(adapter, stubs):

@@ -102,25 +102,43 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+class CrossAttention(nn.Module):
+    """ldm.modules.attention.CrossAttention's layer names (to_q, to_k, to_v, to_out.0), one head."""
+
+    def __init__(self, width, context_dim):
+        super().__init__()
+        self.to_q = nn.Linear(width, width, bias=False)
+        self.to_k = nn.Linear(context_dim, width, bias=False)
+        self.to_v = nn.Linear(context_dim, width, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(width, width), nn.Dropout(0.0))
+
+    def forward(self, h, context):
+        b, c, height, width = h.shape
+        tokens = h.flatten(2).transpose(1, 2)
+        q, k, v = self.to_q(tokens), self.to_k(context), self.to_v(context)
+        out = torch.softmax(q @ k.transpose(1, 2) / c**0.5, dim=-1) @ v
+        return h + self.to_out(out).transpose(1, 2).reshape(b, c, height, width)
+
+
 class TinyUNet(nn.Module):
-    """UNetModel-shaped: forward(x, timesteps, context, y); cross-attention reduced to a projection."""
+    """UNetModel-shaped: forward(x, timesteps, context, y), with one cross-attention block."""
 
     def __init__(self, channels=4, width=16, context_dim=8):
         super().__init__()
         self.model_channels = width
         self.time_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.context_proj = nn.Linear(context_dim, width)
         self.conv_in = nn.Conv2d(channels, width, 3, padding=1)
         self.down = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        self.attn = CrossAttention(width, context_dim)
         self.mid = nn.Conv2d(width, width, 3, padding=1)
         self.up = nn.ConvTranspose2d(width, width, 4, stride=2, padding=1)
         self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
 
     def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
-        emb = emb + self.context_proj(context).mean(1)
         h = self.conv_in(x) + emb[:, :, None, None]
         h = torch.nn.functional.silu(self.down(h))
+        h = self.attn(h, context.to(h.dtype))
         h = torch.nn.functional.silu(self.mid(h))
         return self.conv_out(self.up(h) + emb[:, :, None, None])
 
@@ -177,10 +195,10 @@ def ddpm_alphas_cumprod(steps=1000) -> torch.Tensor:
 class TinyLDM(nn.Module):
     """Shaped like ldm.models.diffusion.ddpm.LatentDiffusion as A1111 holds it."""
 
-    def __init__(self, seed=0):
+    def __init__(self, seed=0, unet_dtype=torch.float32):
         super().__init__()
         torch.manual_seed(seed)
-        self.model = DiffusionWrapper(TinyUNet())
+        self.model = DiffusionWrapper(TinyUNet().to(unet_dtype))  # A1111 holds the UNet in fp16 on GPUs
         self.first_stage_model = TinyAutoencoderKL()
         self.cond_stage_model = TinyTextEncoder()
         self.scale_factor = 0.18215

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .advdm import AdvDM
 from .aspl import ASPL
-from .base import AttackContext, Objective
+from .base import InnerLoopObjective, Objective
 from .encoder import EncoderAttack
 from .mist import Mist
 from .udp import EUDP, UDP
@@ -22,4 +22,4 @@ def make_objective(name: str, options: dict | None = None) -> Objective:
         raise ValueError(f"bad option for method {name!r}: {exc}. See `unlearnable methods`.") from None
 
 
-__all__ = ["ASPL", "EUDP", "OBJECTIVES", "UDP", "AdvDM", "AttackContext", "EncoderAttack", "Mist", "Objective", "make_objective"]
+__all__ = ["ASPL", "EUDP", "OBJECTIVES", "UDP", "AdvDM", "EncoderAttack", "InnerLoopObjective", "Mist", "Objective", "make_objective"]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .base import AttackContext, Objective
+from typing import TYPE_CHECKING
+
+from .base import Objective
+
+if TYPE_CHECKING:
+    from ..engine import AttackContext
 
 
 class AdvDM(Objective):
@@ -12,7 +17,7 @@ class AdvDM(Objective):
     surrogate, Monte-Carlo over timesteps, under the engine's L-infinity budget. No options.
 
     Example:
-        >>> protect_tensors(surrogate, images, ProtectSettings(method="advdm", budget=8, steps=100))
+        >>> craft_perturbation(surrogate, images, ProtectSettings(method="advdm", budget=8, steps=100))
     """
 
     name = "advdm"

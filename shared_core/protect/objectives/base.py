@@ -1,76 +1,17 @@
-"""What every objective shares: the attack context and the inner surrogate-training step."""
+"""What every objective shares: the hooks the engine calls, and the inner-loop options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+import contextlib
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ...surrogates.base import Surrogate
-from ..timesteps import TimestepSampler
+from ...errors import SettingsError
+from ..inner import InnerWeights, make_inner_weights
 
-
-@dataclass
-class AttackContext:
-    """The state of one batch under attack, handed to the objective's hooks."""
-
-    surrogate: Surrogate
-    images: torch.Tensor  # clean pixels [B, 3, H, W] in [0, 1]
-    conditioning: Any
-    sampler: TimestepSampler
-    generator: torch.Generator  # CPU generator: the same draws on every device
-    noise_samples: int = 1
-    delta: torch.Tensor | None = None
-    autocast: dict = field(default_factory=lambda: {"device_type": "cpu", "enabled": False})
-
-    def protected(self) -> torch.Tensor:
-        """The current protected batch, detached (what an inner loop trains on)."""
-        return (self.images + self.delta).clamp(0, 1).detach()
-
-    def randn_like(self, tensor: torch.Tensor) -> torch.Tensor:
-        return torch.randn(tensor.shape, generator=self.generator).to(tensor)
-
-    def denoising_loss(self, pixels: torch.Tensor, params: dict | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample training loss at sampled (t, noise), averaged over `noise_samples` draws."""
-        z0 = self.surrogate.encode(pixels) if latents is None else latents
-        total = 0.0
-        for _ in range(self.noise_samples):
-            timesteps = self.sampler.sample(z0.shape[0], self.generator).to(z0.device)
-            total = total + self.surrogate.denoising_loss(z0, timesteps, self.randn_like(z0), self.conditioning, params)
-        return total / self.noise_samples
-
-
-def copy_trainable(surrogate: Surrogate, name_filter: str = "all") -> dict[str, torch.Tensor]:
-    """Fast weights for an inner loop: copies of the denoiser's parameters whose names match.
-
-    `name_filter` is "all" or comma-separated substrings (e.g. "attn" for attention layers only,
-    a fraction of the memory). The shared model itself is never modified.
-    """
-    patterns = None if name_filter == "all" else [p.strip() for p in name_filter.split(",") if p.strip()]
-    copies = {
-        name: param.detach().clone().requires_grad_(True)
-        for name, param in surrogate.trainable_parameters().items()
-        if patterns is None or any(p in name for p in patterns)
-    }
-    if not copies:
-        raise ValueError(f"inner_params={name_filter!r} matches no parameter of the surrogate")
-    return copies
-
-
-def fit_surrogate(ctx: AttackContext, params: dict, optimizer: torch.optim.Optimizer, pixels: torch.Tensor, steps: int) -> float:
-    """Train fast weights on `pixels` for `steps` steps (the victim's view); returns the last loss."""
-    with torch.no_grad(), torch.autocast(**ctx.autocast):
-        latents = ctx.surrogate.encode(pixels).float()
-    loss_value = float("nan")
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(**ctx.autocast):
-            loss = ctx.denoising_loss(pixels, params, latents=latents).mean()
-        loss.backward()
-        optimizer.step()
-        loss_value = loss.item()
-    return loss_value
+if TYPE_CHECKING:
+    from ..engine import AttackContext, RunContext
 
 
 class Objective:
@@ -78,19 +19,67 @@ class Objective:
 
     The engine ascends the loss when `maximise` is true and descends it otherwise; it owns
     batching, projection to the budget, masks, timestep sampling, robustness and progress.
+    `scope` says what one optimisation spans: "dataset" (every image and tile of the run; what
+    inner training loops need) or "batch" (each batch of tiles on its own).
     """
 
     name: ClassVar[str]
     maximise: bool = True
+    scope: str = "dataset"
     #: timestep schedule used when the settings do not choose one
     default_schedule: ClassVar[str] = "uniform"
 
-    def setup(self, ctx: AttackContext) -> None:
-        """Called once per batch, before the first step."""
+    def setup(self, run: RunContext) -> None:
+        """Called once per optimisation (the whole set, or one batch with scope "batch")."""
 
-    def before_step(self, ctx: AttackContext, step: int) -> None:
-        """Called before every PGD step (inner training loops live here)."""
+    def before_step(self, run: RunContext, step: int) -> None:
+        """Called before every PGD step over the set (inner training loops live here)."""
 
     def loss(self, ctx: AttackContext, pixels: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss [B] of the (transformed) perturbed pixels."""
+        """Per-sample loss [B] of the (transformed) perturbed pixels of one batch."""
         raise NotImplementedError
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """Held around each PGD forward and backward (attaches an inner loop's adapters)."""
+        return contextlib.nullcontext()
+
+
+class InnerLoopObjective(Objective):
+    """An objective that trains a float32 surrogate state between PGD steps (UDP, EUDP, ASPL).
+
+    Args shared by those methods:
+        inner_params: "lora" (default: float32 LoRA adapters on the attention projections, no
+            second UNet in memory) or "all" / comma-separated weight-name substrings (float32
+            master copies of those weights: full fine-tuning).
+        lora_rank: adapter rank (default 8).
+        lora_targets: "attention" (default) or "all" (every linear and conv layer).
+        scope: "dataset" (default: one state trained on the whole protected set, as the victim
+            trains) or "batch" (a fresh state per batch of tiles).
+    """
+
+    def __init__(self, inner_params: str = "lora", lora_rank: int = 8, lora_targets: str = "attention", scope: str = "dataset"):
+        if scope not in ("dataset", "batch"):
+            raise SettingsError(f"scope must be 'dataset' or 'batch', not {scope!r}")
+        self.inner_params = inner_params
+        self.lora_rank = int(lora_rank)
+        self.lora_targets = lora_targets
+        self.scope = scope
+
+    def new_weights(self, run: RunContext) -> InnerWeights:
+        if run.settings.low_memory and self.inner_params != "lora":
+            raise SettingsError("--low-memory works with the default inner_params=lora; full weight copies need the full memory")
+        return make_inner_weights(run.surrogate, self.inner_params, rank=self.lora_rank, targets=self.lora_targets, seed=run.settings.seed)
+
+    def attacked_weights(self) -> InnerWeights:
+        """The state the PGD steps attack (and whose movement `inner_movement` reports)."""
+        raise NotImplementedError
+
+    def active(self) -> contextlib.AbstractContextManager:
+        return self.attacked_weights().active()
+
+    def inner_movement(self) -> float:
+        """Relative change of the attacked state since setup (0 would mean the inner loop did nothing)."""
+        return self.attacked_weights().distance(self.start)
+
+    def default_lr(self, lora: float, full: float) -> float:
+        return lora if self.inner_params == "lora" else full

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .base import AttackContext, Objective
+from .base import Objective
 from .targets import target_pixels
+
+if TYPE_CHECKING:
+    from ..engine import AttackContext
 
 
 class EncoderAttack(Objective):
@@ -28,13 +33,19 @@ class EncoderAttack(Objective):
 
     def __init__(self, target: str = "gray"):
         self.target = target
-        self.target_latents: torch.Tensor | None = None
+        self.target_latents: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def setup(self, ctx: AttackContext) -> None:
-        pixels = target_pixels(self.target, ctx.images)
-        with torch.no_grad(), torch.autocast(**ctx.autocast):
-            self.target_latents = ctx.surrogate.encode(pixels).float()
+    def setup(self, run) -> None:
+        self.target_latents = {}
+
+    def target_latent(self, ctx: AttackContext, pixels: torch.Tensor) -> torch.Tensor:
+        """The target's latents for a batch shaped like `pixels` (cached per shape)."""
+        shape = tuple(pixels.shape)
+        if shape not in self.target_latents:
+            with torch.no_grad(), torch.autocast(**ctx.run.autocast):
+                self.target_latents[shape] = ctx.run.surrogate.encode(target_pixels(self.target, pixels)).float()
+        return self.target_latents[shape]
 
     def loss(self, ctx: AttackContext, pixels):
-        latents = ctx.surrogate.encode(pixels).float()
-        return (latents - self.target_latents).pow(2).flatten(1).mean(1)
+        latents = ctx.run.surrogate.encode(pixels).float()
+        return (latents - self.target_latent(ctx, pixels)).pow(2).flatten(1).mean(1)

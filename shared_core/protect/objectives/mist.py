@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from .base import AttackContext
+from typing import TYPE_CHECKING
+
 from .encoder import EncoderAttack
+
+if TYPE_CHECKING:
+    from ..engine import AttackContext
 
 
 class Mist(EncoderAttack):
@@ -29,7 +33,7 @@ class Mist(EncoderAttack):
         self.textural_weight = float(textural_weight)
 
     def loss(self, ctx: AttackContext, pixels):
-        latents = ctx.surrogate.encode(pixels)
+        latents = ctx.run.surrogate.encode(pixels)
         semantic = ctx.denoising_loss(pixels, latents=latents)
-        textural = (latents.float() - self.target_latents).pow(2).flatten(1).mean(1)
+        textural = (latents.float() - self.target_latent(ctx, pixels)).pow(2).flatten(1).mean(1)
         return semantic - self.textural_weight * textural
