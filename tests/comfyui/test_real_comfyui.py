@@ -5,6 +5,7 @@
 COMFYUI_PYTHON (default: this interpreter) must have ComfyUI's requirements and this pack's
 requirements.txt installed. ComfyUI runs in a temporary --base-directory with the pack linked into
 its custom_nodes/; the checkout is not modified. See real_comfyui.py for the tiny SD 1.5 checkpoint.
+The PGD-steps test starts ComfyUI once per UNet precision (about 11 minutes each on a busy 2-core CPU).
 """
 
 from __future__ import annotations
