@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +151,9 @@ def free_port() -> int:
 class ComfyServer:
     """`python main.py --cpu` in its own base directory, with the pack linked into custom_nodes/."""
 
-    def __init__(self, comfyui: Path, python: str, base: Path):
+    def __init__(self, comfyui: Path, python: str, base: Path, extra_args: Sequence[str] = ()):
         self.comfyui, self.python, self.base = Path(comfyui), python, Path(base)
+        self.extra_args = list(extra_args)  # more ComfyUI options, e.g. --fp16-unet
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "comfyui.log"
@@ -166,7 +168,7 @@ class ComfyServer:
         settings.parent.mkdir(parents=True, exist_ok=True)
         settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}))
         command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base),
-                   "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]  # fmt: skip
+                   "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]  # fmt: skip
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.time() + 300
@@ -280,30 +282,50 @@ def photo_crop(size=(96, 128)) -> np.ndarray:
     return np.ascontiguousarray(photo[30 : 30 + size[0], 180 : 180 + size[1]])
 
 
-def protect_workflow_check(server: ComfyServer, steps: int = 4, budget: float = 8.0) -> dict:
-    """The protect example workflow with the tiny checkpoint and a real photo: output size and budget."""
+def protect_photo(server: ComfyServer, photo: np.ndarray, name: str, **node_inputs) -> dict:
+    """The protect example workflow with the tiny checkpoint on `photo` (saved as input/`name`), Protect Image
+    inputs overridden by `node_inputs`: the saved PNG as an array, its path, the outputs and the seconds."""
     from PIL import Image
 
-    photo = photo_crop()
     (server.base / "input").mkdir(exist_ok=True)
-    Image.fromarray(photo).save(server.base / "input" / "astronaut_crop.png")
+    Image.fromarray(photo).save(server.base / "input" / name)
     workflow = load_workflow("protect_an_image.json")
     set_widget(workflow, "CheckpointLoaderSimple", 0, CHECKPOINT)
-    set_widget(workflow, "LoadImage", 0, "astronaut_crop.png")
-    object_info = server.get("/object_info")
-    prompt = workflow_to_prompt(workflow, object_info)
+    set_widget(workflow, "LoadImage", 0, name)
+    prompt = workflow_to_prompt(workflow, server.get("/object_info"))
     for node in prompt.values():
         if node["class_type"] == "UnlearnableProtectImage":
-            node["inputs"].update({"steps": steps, "budget": budget})
+            node["inputs"].update(node_inputs)
     started = time.time()
     outputs = server.run_prompt(prompt)
     seconds = time.time() - started
     saved = [server.output_file(item) for out in outputs.values() for item in out.get("images", []) if item.get("type") == "output"]
     protected = np.asarray(Image.open(saved[0]).convert("RGB"))
-    report = [text for out in outputs.values() for text in out.get("text", [])]
-    return {"saved": str(saved[0]), "input_size": list(photo.shape[:2]), "output_size": list(protected.shape[:2]),
+    return {"protected": protected, "saved": saved[0], "outputs": outputs, "seconds": seconds}
+
+
+def protect_workflow_check(server: ComfyServer, steps: int = 4, budget: float = 8.0) -> dict:
+    """The protect example workflow with the tiny checkpoint and a real photo: output size and budget."""
+    photo = photo_crop()
+    run = protect_photo(server, photo, "astronaut_crop.png", steps=steps, budget=budget)
+    protected = run["protected"]
+    report = [text for out in run["outputs"].values() for text in out.get("text", [])]
+    return {"saved": str(run["saved"]), "input_size": list(photo.shape[:2]), "output_size": list(protected.shape[:2]),
             "linf": int(np.abs(protected.astype(int) - photo.astype(int)).max()), "budget": budget, "steps": steps,
-            "seconds": round(seconds, 1), "report": report}  # fmt: skip
+            "seconds": round(run["seconds"], 1), "report": report}  # fmt: skip
+
+
+def steps_change_check(server: ComfyServer, few: int = 1, many: int = 12, *, method: str = "eudp", budget: float = 8.0,
+                       seed: int = 3) -> dict:
+    """Protect one photo with `few` and with `many` PGD steps (same seed): the fraction of uint8 channels that
+    differ between the two outputs. Near 0 means the extra steps changed nothing (e.g. a gradient lost in fp16)."""
+    photo = photo_crop((128, 128))
+    runs = {steps: protect_photo(server, photo, "astronaut_128.png", method=method, budget=budget, steps=steps, seed=seed)
+            for steps in (few, many)}
+    linf = {steps: int(np.abs(run["protected"].astype(int) - photo.astype(int)).max()) for steps, run in runs.items()}
+    return {"method": method, "budget": budget, "seed": seed, "steps": [few, many],
+            "differ_fraction": float(np.mean(runs[few]["protected"] != runs[many]["protected"])),
+            "linf": [linf[few], linf[many]], "seconds": [round(runs[steps]["seconds"], 1) for steps in (few, many)]}  # fmt: skip
 
 
 TRIGGER = "zqv7"

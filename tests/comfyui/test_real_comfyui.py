@@ -5,6 +5,7 @@
 COMFYUI_PYTHON (default: this interpreter) must have ComfyUI's requirements and this pack's
 requirements.txt installed. ComfyUI runs in a temporary --base-directory with the pack linked into
 its custom_nodes/; the checkout is not modified. See real_comfyui.py for the tiny SD 1.5 checkpoint.
+The PGD-steps test starts ComfyUI once per UNet precision (about 11 minutes each on a busy 2-core CPU).
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
 pytestmark = pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter)")
 
 
-def test_example_workflows_run_in_a_real_comfyui(tmp_path):
-    real = load_by_path(HERE / "real_comfyui.py", "unlearnable_tests_real_comfyui")
+real = load_by_path(HERE / "real_comfyui.py", "unlearnable_tests_real_comfyui")
+
+
+def comfy_server(base: Path, *extra_args: str):
+    """ComfyUI from COMFYUI_ROOT in `base`, with the tiny checkpoint in its models/ folder."""
     assert (Path(COMFYUI_ROOT) / "main.py").is_file(), f"COMFYUI_ROOT={COMFYUI_ROOT} is not a ComfyUI checkout"
-    real.write_tiny_checkpoint(tmp_path / "models" / "checkpoints" / real.CHECKPOINT)
+    real.write_tiny_checkpoint(base / "models" / "checkpoints" / real.CHECKPOINT)
+    return real.ComfyServer(Path(COMFYUI_ROOT), os.environ.get("COMFYUI_PYTHON", sys.executable), base, extra_args)
+
+
+def test_example_workflows_run_in_a_real_comfyui(tmp_path):
     real.write_suspect_lora(tmp_path / "models" / "loras" / real.LORA)
-    with real.ComfyServer(Path(COMFYUI_ROOT), os.environ.get("COMFYUI_PYTHON", sys.executable), tmp_path) as server:
+    with comfy_server(tmp_path) as server:
         object_info = server.get("/object_info")
         ours = {name: info for name, info in object_info.items() if name.startswith("Unlearnable")}
         assert sorted(ours) == ["UnlearnableInspectLoRA", "UnlearnableMarkWithTemplate", "UnlearnableProtectImage",
@@ -50,3 +58,15 @@ def test_example_workflows_run_in_a_real_comfyui(tmp_path):
     assert trace["verdict"].startswith("verdict: ") and "base model without the LoRA" in trace["verdict"]
     assert Path(trace["verdict"].rsplit("report: ", 1)[1]).is_file() and trace["verify_previews"] == 4
     assert trace["lora_report_trigger_line"].startswith(f"FOUND '{real.TRIGGER}'")
+
+
+@pytest.mark.parametrize(("unet_option", "weight_dtype"), [("--fp16-unet", "float16"), ("--fp32-unet", "float32")])
+def test_more_pgd_steps_change_the_protected_image(tmp_path, unet_option, weight_dtype):
+    """Consumer GPUs hold the UNet in fp16 (--fp16-unet); the perturbation must still move with every PGD step there."""
+    with comfy_server(tmp_path, unet_option) as server:
+        check = real.steps_change_check(server, few=1, many=12, method="eudp", budget=8.0, seed=3)
+        log = server.log_text()
+    print(json.dumps({"unet": unet_option, **check}))
+    assert f"model weight dtype torch.{weight_dtype}" in log  # the option reached the loaded UNet
+    assert all(0 < linf <= check["budget"] for linf in check["linf"])
+    assert check["differ_fraction"] > 0.5, f"12 PGD steps changed only {check['differ_fraction']:.1%} of the channels 1 step gave"
