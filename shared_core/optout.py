@@ -125,9 +125,13 @@ class OptOut:
         return "opt-out written: " + ", ".join(parts)
 
     def check(self) -> None:
-        """Fail before any work if the C2PA certificate or key cannot make a signer."""
+        """Fail before any work if the C2PA certificate chain and key cannot sign (a one-pixel trial)."""
         if self.signs:
-            self._signer().close()
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.new("RGB", (1, 1)).save(buffer, "PNG")
+            _sign(buffer.getvalue(), "image/png", self, METADATA_ACTION, None)
 
     def _signer(self):
         c2pa = _c2pa()
@@ -194,7 +198,11 @@ def _sign(data: bytes, mime: str, optout: OptOut, action: dict, source: Path | N
         if ingredient_mime:
             with open(source, "rb") as handle:
                 builder.add_ingredient({"title": source.name, "relationship": "parentOf"}, ingredient_mime, handle)
-        builder.sign(signer, mime, io.BytesIO(data), output)
+        try:
+            builder.sign(signer, mime, io.BytesIO(data), output)
+        except c2pa.C2paError as exc:
+            raise SettingsError(f"{optout.c2pa_cert}: C2PA signing failed ({exc}); the chain must be signer certificate first, "
+                                "issued by a CA (not self-signed), with the emailProtection or documentSigning usage") from None
     return output.getvalue()
 
 
