@@ -106,7 +106,7 @@ PROTECT_IMAGE = NodeSpec(
     description=(
         "Adds a bounded, nearly invisible perturbation crafted against the connected diffusion model so that models "
         "trained or fine-tuned on the image learn it badly (UDP/EUDP and peers). Output has exactly the input's size; "
-        "large images are processed in tiles. Save it losslessly (PNG) to keep the budget exact."
+        "large images are processed in tiles. Save it with Save Protected Image (PNG keeps the budget exact; it also writes the machine-readable opt-out)."
     ),
     inputs=_protect_inputs,
     outputs=(
@@ -189,7 +189,7 @@ def save_protected_image(images, filename_prefix="protected", format="png", qual
                          creator="", copyright="", contact="", tdm_policy="", c2pa_cert="", c2pa_key="") -> Result:  # fmt: skip
     from ..shared_core.files import atomic_write_bytes
     from ..shared_core.images import encode_image, output_suffix
-    from ..shared_core.optout import OptOut, apply_optout
+    from ..shared_core.optout import OptOut, apply_optout, optout_line
     from .host import output_dir, resolve_user_file
 
     reservation = None
@@ -213,7 +213,7 @@ def save_protected_image(images, filename_prefix="protected", format="png", qual
         atomic_write_bytes(path, data)
         saved.append(path)
     lines = [f"saved {path.name}" for path in saved]
-    lines.append(reservation.summary_line() if reservation else "opt-out: none written (switch optout on for a machine-readable training reservation)")
+    lines.append(optout_line(reservation.describe() if reservation else None))
     text = "\n".join(lines)
     return Result((text,), ui={"images": [{"filename": p.name, "subfolder": "", "type": "output"} for p in saved], "text": [text]})
 

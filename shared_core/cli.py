@@ -99,6 +99,7 @@ def cmd_protect(args) -> int:
     Outputs keep each input's size, alpha and ICC profile; originals are never modified; a re-run
     skips outputs already made with the same settings.
     """
+    from .optout import optout_line
     from .protect import ProtectSettings, protect_files
     from .surrogates import load_surrogate
 
@@ -148,7 +149,7 @@ def cmd_protect(args) -> int:
                 print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}")
             elif outcome.status == "skipped":
                 print(f"skipped    {outcome.output}  (already protected with these settings)")
-        print(optout.summary_line() if optout else "opt-out: none written (add --optout for a machine-readable training reservation)")
+        print(optout_line(report["optout"]))
         totals = report["totals"]
         print(
             f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
@@ -219,7 +220,9 @@ def cmd_mark(args) -> int:
         print(f"  {entry['output']}: {entry['caption']}")
     print(f"dataset written to {result.out_dir}")
     if optout:
-        print(optout.summary_line())
+        from .optout import optout_line
+
+        print(optout_line(optout.describe()))
     print(f"KEY (keep it secret, it is your evidence): {result.key_path}")
     return EXIT_OK
 

@@ -117,13 +117,6 @@ class OptOut:
             record["c2pa"] = {"assertion": TRAINING_MINING_LABEL, "certificate": str(self.c2pa_cert), "alg": self.c2pa_alg}
         return record
 
-    def summary_line(self) -> str:
-        parts = [f"XMP plus:DataMining={DATA_MINING_VALUES[self.data_mining]}", "tdm:reservation=1"]
-        parts += [f"{name}={getattr(self, name)!r}" for name in ("tdm_policy", "creator", "copyright", "contact") if getattr(self, name)]
-        if self.signs:
-            parts.append(f"C2PA {TRAINING_MINING_LABEL} (all notAllowed) signed with {self.c2pa_cert}")
-        return "opt-out written: " + ", ".join(parts)
-
     def check(self) -> None:
         """Fail before any work if the C2PA certificate chain and key cannot sign (a one-pixel trial)."""
         if self.signs:
@@ -146,6 +139,17 @@ class OptOut:
             return c2pa.Signer.from_info(c2pa.C2paSignerInfo(self.c2pa_alg.encode(), pem["c2pa_cert"], pem["c2pa_key"], None))
         except c2pa.C2paError as exc:
             raise SettingsError(f"{self.c2pa_cert} / {self.c2pa_key}: not a usable {self.c2pa_alg} certificate chain and key ({exc})") from None
+
+
+def optout_line(record: dict | None) -> str:
+    """One line saying which opt-out `OptOut.describe()` recorded (None: none was written)."""
+    if not record:
+        return "opt-out: none written (a machine-readable training reservation needs --optout / the opt-out switch)"
+    parts = [f"XMP plus:DataMining={record['xmp_data_mining'].removeprefix(PLUS_VOCAB)}", "tdm:reservation=1"]
+    parts += [f"{name}={record[name]!r}" for name in ("tdm_policy", "creator", "copyright", "contact") if name in record]
+    if "c2pa" in record:
+        parts.append(f"C2PA {TRAINING_MINING_LABEL} (all notAllowed) signed with {record['c2pa']['certificate']}")
+    return "opt-out written: " + ", ".join(parts)
 
 
 def protection_action(metadata: dict) -> dict:
