@@ -239,6 +239,8 @@ def _read_c2pa(data: bytes, mime: str) -> dict | None:
         import c2pa
     except ImportError:
         return {"error": "c2pa-python is not installed (pip install 'unlearnable[c2pa]'); C2PA not checked"}
+    if mime not in c2pa.Reader.get_supported_mime_types():  # BMP, for one, cannot carry a manifest
+        return None
     try:
         reader = c2pa.Reader(mime, io.BytesIO(data))
     except c2pa.C2paError.ManifestNotFound:

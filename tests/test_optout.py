@@ -240,6 +240,9 @@ def test_inspect_image_command(tmp_path, photo, capsys):
     assert "junk.webp" in captured.err
     assert not plain["opted_out"] and plain["xmp"] == {} and plain["protection"] is None
     assert marked["opted_out"] and marked["xmp"]["copyright"] == "(c) 2026 Ann Artist" and marked["protection"]["method"] == "eudp"
+    Image.fromarray(photo).save(tmp_path / "old.bmp")
+    assert main(["inspect-image", str(tmp_path / "old.bmp")]) == 0
+    assert "C2PA: no manifest" in capsys.readouterr().out
     assert main(["inspect-image", str(tmp_path / "marked.jpg")]) == 0
     text = capsys.readouterr().out
     assert "opted out of training/mining" in text and "protection record: eudp" in text
