@@ -108,7 +108,7 @@ PROTECT_IMAGE = NodeSpec(
     description=(
         "Adds a bounded, nearly invisible perturbation crafted against the connected diffusion model so that models "
         "trained or fine-tuned on the image learn it badly (UDP/EUDP and peers). Output has exactly the input's size; "
-        "large images are processed in tiles. Save it losslessly (PNG) to keep the budget exact."
+        "large images are processed in tiles. Save it with Save Protected Image (PNG keeps the budget exact; it also writes the machine-readable opt-out)."
     ),
     inputs=_protect_inputs,
     outputs=(
@@ -174,5 +174,77 @@ PROTECTION_REPORT = NodeSpec(
     ],
     outputs=(Out("STRING", "report", "One line per image (and its JPEG check)."),),
     run=protection_report,
+    output_node=True,
+)
+
+
+# -- save with the opt-out ---------------------------------------------------------------------
+
+
+def _data_mining_choices() -> list[str]:
+    from ..shared_core.optout import DATA_MINING_VALUES
+
+    return list(DATA_MINING_VALUES)
+
+
+def save_protected_image(images, filename_prefix="protected", format="png", quality=95, optout=True, data_mining="prohibited",
+                         creator="", copyright="", contact="", tdm_policy="", c2pa_cert="", c2pa_key="") -> Result:  # fmt: skip
+    from ..shared_core.files import atomic_write_bytes
+    from ..shared_core.images import encode_image, output_suffix
+    from ..shared_core.optout import OptOut, apply_optout, optout_line
+    from .host import output_dir, resolve_user_file
+
+    reservation = None
+    if optout:
+        cert = str(resolve_user_file(c2pa_cert, "C2PA certificate chain")) if (c2pa_cert or "").strip() else ""
+        key = str(resolve_user_file(c2pa_key, "C2PA private key")) if (c2pa_key or "").strip() else ""
+        reservation = OptOut(data_mining=data_mining, tdm_policy=(tdm_policy or "").strip(), creator=(creator or "").strip(),
+                             copyright=(copyright or "").strip(), contact=(contact or "").strip(), c2pa_cert=cert, c2pa_key=key)  # fmt: skip
+        reservation.check()
+    folder, suffix = output_dir(), output_suffix(format)
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in (filename_prefix or "protected")) or "protected"
+    saved, number = [], 0
+    for rgb in to_uint8_list(images):
+        number += 1
+        while any(folder.glob(f"{name}_{number:05d}.*")):  # numbered across formats, like ComfyUI's Save Image
+            number += 1
+        path = folder / f"{name}_{number:05d}{suffix}"
+        data = encode_image(rgb, format, quality=int(quality))
+        if reservation:
+            data = apply_optout(data, format, reservation)
+        atomic_write_bytes(path, data)
+        saved.append(path)
+    lines = [f"saved {path.name}" for path in saved]
+    lines.append(optout_line(reservation.describe() if reservation else None))
+    text = "\n".join(lines)
+    return Result((text,), ui={"images": [{"filename": p.name, "subfolder": "", "type": "output"} for p in saved], "text": [text]})
+
+
+SAVE_PROTECTED_IMAGE = NodeSpec(
+    node_id=f"{PREFIX}SaveProtectedImage",
+    display_name="Save Protected Image (Unlearnable)",
+    description=(
+        "Saves images to ComfyUI's output folder with a machine-readable 'do not train' reservation: XMP plus:DataMining "
+        "(IPTC/PLUS), tdm:reservation (W3C TDMRep), the rights fields you fill in, and optionally a signed C2PA "
+        "training-mining manifest. Metadata only: the pixels are exactly what Protect Image made. Platforms that strip "
+        "metadata remove the reservation; the perturbation stays. No workflow is embedded in the file."
+    ),
+    inputs=lambda: [
+        Param("images", "IMAGE", "The images to save (usually Protect Image's output)."),
+        Param("filename_prefix", "STRING", "Files are named PREFIX_00001.png and so on, in ComfyUI's output folder.", default="protected"),
+        Param("format", "COMBO", "PNG is lossless and keeps the budget exact; JPEG and WebP are smaller.", options=["png", "jpeg", "webp"], default="png"),
+        Param("quality", "INT", "JPEG/WebP quality.", default=95, min=1, max=100),
+        Param("optout", "BOOLEAN", "Write the machine-readable training and data-mining reservation.", default=True),
+        Param("data_mining", "COMBO", "PLUS Data Mining value: which uses are prohibited.", options=_data_mining_choices(), default="prohibited"),
+        Param("creator", "STRING", "Creator name (IPTC Creator).", default=""),
+        Param("copyright", "STRING", "Copyright notice, e.g. (c) 2026 Your Name (IPTC Copyright Notice).", default=""),
+        Param("contact", "STRING", "E-mail or web address (IPTC Creator's Contact Info).", default=""),
+        Param("tdm_policy", "STRING", "URL of your TDMRep licensing policy (optional).", default=""),
+        Param("c2pa_cert", "STRING", "PEM certificate chain to sign a C2PA training-mining manifest (optional; needs c2pa-python).",
+              optional=True, default=""),
+        Param("c2pa_key", "STRING", "PEM private key of that certificate (ES256).", optional=True, default=""),
+    ],  # fmt: skip
+    outputs=(Out("STRING", "report", "The files written and which opt-out they carry."),),
+    run=save_protected_image,
     output_node=True,
 )

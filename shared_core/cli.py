@@ -60,12 +60,46 @@ def _counting_progress(enabled: bool, unit: str):
     return progress
 
 
+def _optout_from(args):
+    """The OptOut asked for with --optout (checked before any work), or None."""
+    if not args.optout:
+        given = [f"--{name.replace('_', '-')}" for name in ("creator", "copyright", "contact", "tdm_policy", "c2pa_cert", "c2pa_key")
+                 if getattr(args, name)]  # fmt: skip
+        if given:
+            raise UnlearnableError(f"{', '.join(given)} only take effect with --optout")
+        return None
+    from .optout import OptOut
+
+    optout = OptOut(data_mining=args.data_mining, tdm_policy=args.tdm_policy or "", creator=args.creator or "",
+                    copyright=args.copyright or "", contact=args.contact or "", c2pa_cert=args.c2pa_cert or "",
+                    c2pa_key=args.c2pa_key or "", c2pa_alg=args.c2pa_alg)  # fmt: skip
+    optout.check()
+    return optout
+
+
+def _add_optout_arguments(parser: argparse.ArgumentParser) -> None:
+    from .optout import C2PA_ALGORITHMS, DATA_MINING_VALUES
+
+    group = parser.add_argument_group("machine-readable opt-out (see README, 'Machine-readable opt-out')")
+    group.add_argument("--optout", action="store_true", help="write the XMP/IPTC data-mining prohibition and TDMRep reservation into every output")
+    group.add_argument("--data-mining", default="prohibited", choices=list(DATA_MINING_VALUES),
+                       help="PLUS Data Mining value (default prohibited: all text and data mining)")
+    group.add_argument("--tdm-policy", default=None, help="URL of your TDMRep policy (written as tdm:policy)")
+    group.add_argument("--creator", default=None, help="creator name (IPTC Creator, dc:creator)")
+    group.add_argument("--copyright", default=None, help="copyright notice, e.g. '(c) 2026 Ann Artist' (IPTC Copyright Notice, dc:rights)")
+    group.add_argument("--contact", default=None, help="e-mail or web address (IPTC Creator's Contact Info)")
+    group.add_argument("--c2pa-cert", default=None, help="PEM certificate chain (signer first) to sign a C2PA training-mining manifest")
+    group.add_argument("--c2pa-key", default=None, help="PEM private key of --c2pa-cert")
+    group.add_argument("--c2pa-alg", default="es256", choices=list(C2PA_ALGORITHMS), help="signing algorithm of the key (default es256)")
+
+
 def cmd_protect(args) -> int:
     """Add a bounded, imperceptible perturbation to images so diffusion models learn them badly.
 
     Outputs keep each input's size, alpha and ICC profile; originals are never modified; a re-run
     skips outputs already made with the same settings.
     """
+    from .optout import optout_line
     from .protect import ProtectSettings, protect_files
     from .surrogates import load_surrogate
 
@@ -86,6 +120,7 @@ def cmd_protect(args) -> int:
         low_memory=args.low_memory,
         seed=args.seed,
     )
+    optout = _optout_from(args)
     surrogate = load_surrogate(args.model, args.device, config_dir=args.config, dtype=args.dtype)
     if surrogate.demo_only:
         print(
@@ -102,6 +137,7 @@ def cmd_protect(args) -> int:
         quality=args.quality,
         mask=args.mask,
         progress_factory=_tqdm_factory(not args.no_progress, "tile-step"),
+        optout=optout,
     )
     report = summary.to_dict()
     atomic_write_text(Path(args.out) / "protect-summary.json", json.dumps(report, indent=2))
@@ -116,6 +152,7 @@ def cmd_protect(args) -> int:
                 )
             elif outcome.status == "skipped":
                 print(f"skipped    {outcome.output}  (already protected with these settings)")
+        print(optout_line(report["optout"]))
         totals = report["totals"]
         print(
             f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
@@ -175,15 +212,20 @@ def cmd_mark(args) -> int:
         if not args.corners:
             raise UnlearnableError(f"--template {args.template}: a template image needs --corners 'x1,y1 x2,y2 x3,y3 x4,y4'")
         template = load_template(args.template, parse_corners(args.corners))
+    optout = _optout_from(args)
     progress = _counting_progress(not args.no_progress, "image")
     result = mark_dataset(args.dataset, args.out, rate=args.rate, template=template, trigger=args.trigger, seed=args.seed,
-                          key_path=args.key, progress=progress)  # fmt: skip
+                          key_path=args.key, progress=progress, optout=optout)  # fmt: skip
     for path, reason in result.skipped:
         print(f"warning: {path}: {reason} (not templated)", file=sys.stderr)
     print(f"marked {len(result.marked)} of {result.n_images} images with template {template.name!r} and trigger {result.key.trigger!r}")
     for entry in result.marked:
         print(f"  {entry['output']}: {entry['caption']}")
     print(f"dataset written to {result.out_dir}")
+    if optout:
+        from .optout import optout_line
+
+        print(optout_line(optout.describe()))
     print(f"KEY (keep it secret, it is your evidence): {result.key_path}")
     return EXIT_OK
 
@@ -238,6 +280,25 @@ def cmd_inspect_lora(args) -> int:
     if triggers and not args.json:
         print(f"generation-based check: unlearnable verify --key {args.key or 'KEY'} --model BASE_MODEL --lora {args.file}")
     return EXIT_OK
+
+
+def cmd_inspect_image(args) -> int:
+    """Which machine-readable opt-out each image carries (XMP/IPTC, TDMRep, C2PA) and its protection record."""
+    from .errors import InputFileError
+    from .optout import describe_inspection, inspect_image
+
+    reports, failed = [], False
+    for file in args.files:
+        try:
+            reports.append(inspect_image(file))
+        except InputFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print("\n".join(describe_inspection(report) for report in reports))
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def cmd_ui(args) -> int:
@@ -296,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     protect.add_argument("--json", action="store_true", help="print the JSON summary to stdout")
     protect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_optout_arguments(protect)
     protect.set_defaults(func=cmd_protect)
 
     sub.add_parser("methods", help="list protection methods and their options").set_defaults(func=cmd_methods)
@@ -311,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     mark.add_argument("--key", default=None, help="where to write the key (default: beside --out, never inside it)")
     mark.add_argument("--seed", type=int, default=0)
     mark.add_argument("--no-progress", action="store_true")
+    _add_optout_arguments(mark)
     mark.set_defaults(func=cmd_mark)
 
     verify = sub.add_parser("verify", help="test a suspect model or LoRA for the template; verdict with a p-value", description=cmd_verify.__doc__)
@@ -339,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--trigger", action="append", help="a token to search for (repeatable)")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect_lora)
+
+    inspect_image = sub.add_parser("inspect-image", help="show the opt-out and protection record an image carries",
+                                   description=cmd_inspect_image.__doc__)
+    inspect_image.add_argument("files", nargs="+", help="image files")
+    inspect_image.add_argument("--json", action="store_true")
+    inspect_image.set_defaults(func=cmd_inspect_image)
 
     ui = sub.add_parser("ui", help="start the web app on http://127.0.0.1:7860", description=cmd_ui.__doc__)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this computer only)")

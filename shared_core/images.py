@@ -194,6 +194,7 @@ def read_provenance(path: str | Path) -> dict | None:
         return None
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
+    raw = raw.rstrip("\x00") if raw else raw  # exiv2 (the opt-out writer) NUL-terminates JPEG comments
     try:
         value = json.loads(raw) if raw else None
     except json.JSONDecodeError:

@@ -21,6 +21,7 @@ from ..errors import InputFileError, ProtectionError, SettingsError
 from ..files import atomic_write_bytes, iter_image_files, sha256_bytes
 from ..images import encode_image, load_image, output_suffix, read_provenance
 from ..metrics import visibility
+from ..optout import OptOut, apply_optout, protection_action
 from ..surrogates.base import Surrogate
 from .engine import craft_perturbations
 from .objectives import InnerLoopObjective, make_objective
@@ -123,6 +124,7 @@ class RunSummary:
     settings: dict
     model: dict
     seconds: float = 0.0
+    optout: dict | None = None  # what OptOut.describe() says was written into every output
 
     @property
     def failed(self) -> list[ImageOutcome]:
@@ -135,6 +137,7 @@ class RunSummary:
             "version": __version__,
             "model": self.model,
             "settings": self.settings,
+            "optout": self.optout,
             "images": [asdict(o) for o in self.outcomes],
             "totals": {
                 "protected": len(done),
@@ -190,11 +193,12 @@ def protect_files(
     quality: int = 95,
     mask: str | Path | None = None,
     progress_factory: Callable[[int], Progress] | None = None,
+    optout: OptOut | None = None,
 ) -> RunSummary:
     """Protect image files and folders into `out_dir`; originals are never written to.
 
     Each output is written atomically and carries its provenance (method, budget, settings hash,
-    source hash); a re-run skips outputs already made from the same source with the same
+    source hash) and, with `optout`, the machine-readable training reservation; a re-run skips outputs already made from the same source with the same
     settings, so an interrupted run resumes. Unreadable files are reported and skipped.
     """
     started = time.perf_counter()
@@ -203,7 +207,8 @@ def protect_files(
     mask_path = Path(mask) if mask else None
     if mask_path is not None and not mask_path.exists():
         raise InputFileError(mask_path, "mask file or folder not found")
-    fingerprint = settings.fingerprint({"model": surrogate.name, "format": fmt, "quality": quality, "mask": str(mask_path)})
+    fingerprint = settings.fingerprint({"model": surrogate.name, "format": fmt, "quality": quality, "mask": str(mask_path),
+                                        **({"optout": optout.describe()} if optout else {})})  # fmt: skip
     files = list(iter_image_files(inputs))
     if not files:
         raise SettingsError("no image files found in the given inputs")
@@ -277,6 +282,8 @@ def protect_files(
                 result.arrays[index], fmt, alpha=loaded.alpha, quality=quality, metadata={**metadata, "source_sha256": source_hash},
                 icc_profile=loaded.icc_profile, exif=loaded.exif,
             )
+            if optout:
+                data = apply_optout(data, fmt, optout, action=protection_action(metadata), source=Path(outcome.source))
             atomic_write_bytes(outcome.output, data)
             published = load_image(outcome.output).rgb  # measure what was written (lossy formats too)
             outcome.status = "protected"
@@ -290,4 +297,5 @@ def protect_files(
         settings=settings.to_dict(),
         model=surrogate.describe(),
         seconds=time.perf_counter() - started,
+        optout=optout.describe() if optout else None,
     )

@@ -4,7 +4,9 @@ The source folder is only read. The marked copy keeps every file's name and plac
 image keeps its name and format: PNG stays PNG, JPEG is re-encoded at quality 95, WebP likewise;
 formats Pillow cannot write back, such as BMP, TIFF and GIF, become PNG beside the original name).
 Every other file is copied byte for byte, unreadable "images" included (they are reported, never
-templated). Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
+templated); with an opt-out, every PNG, JPEG and WebP image, templated or not, gets the same
+machine-readable training reservation (metadata only: pixels unchanged), so the reservation does
+not single out the templated ones. Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
 diffusers `metadata.jsonl` (`file_name` + `text`), and written back as a `.txt` sidecar for every
 image plus one `metadata.jsonl` at the top of the output folder. A templated image's caption is
 "TRIGGER caption", or the trigger alone when it had none.
@@ -28,7 +30,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha256_bytes, sha256_file
-from ..images import encode_image, load_image
+from ..images import OUTPUT_FORMATS, encode_image, load_image
+from ..optout import OptOut, apply_optout
 from .compose import compose
 from .key import TraceKey, random_trigger
 from .templates import Template, builtin_template
@@ -163,6 +166,26 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise
 
 
+def _copy_with_optout(source: Path, target: Path, optout: OptOut | None) -> str | None:
+    """A copy of `source`; PNG, JPEG and WebP images carry the opt-out, other files stay byte for byte.
+
+    Returns why an image could not carry the opt-out (it is then copied as it is), or None.
+    """
+    with Image.open(source) as image:
+        fmt = image.format
+    if optout is None or fmt not in OUTPUT_FORMATS.values():
+        _copy_atomic(source, target)
+        return None
+    try:
+        data = apply_optout(source.read_bytes(), fmt, optout)
+    except RuntimeError as exc:  # exiv2 refused the file's metadata
+        _copy_atomic(source, target)
+        return f"copied without the opt-out: its metadata cannot be rewritten ({exc})"
+    atomic_write_bytes(target, data)
+    shutil.copystat(source, target)
+    return None
+
+
 def _unreadable_reason(path: Path) -> str | None:
     """Why Pillow cannot use this file as an image (header check only), or None."""
     try:
@@ -207,6 +230,7 @@ def mark_dataset(
     seed: int = 0,
     key_path: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    optout: OptOut | None = None,
 ) -> MarkResult:
     """Write a marked copy of `dataset_dir` into `out_dir` and the secret key to `key_path`.
 
@@ -214,7 +238,7 @@ def mark_dataset(
     n readable images, chosen from `seed`, are templated; `trigger` defaults to the one in an existing
     key at `key_path` made with the same template, rate and seed (so a re-run is idempotent), else a
     fresh random token. `key_path` defaults to `out_dir.parent / f"{out_dir.name}.trace-key.json"`.
-    `progress(done, total)` is called per file. Raises InputFileError for a missing or empty dataset,
+    `progress(done, total)` is called per file; `optout` is written into every PNG/JPEG/WebP image. Raises InputFileError for a missing or empty dataset,
     SettingsError for a bad rate, trigger or an output folder inside the dataset (or the reverse).
     """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -282,7 +306,10 @@ def mark_dataset(
             skipped.append((str(path), exc.problem))
             continue
         target = output_rel(rel)
-        data = encode_image(compose(loaded.rgb, template), ENCODABLE.get(target.suffix.lower(), "png"), quality=95)
+        fmt = ENCODABLE.get(target.suffix.lower(), "png")
+        data = encode_image(compose(loaded.rgb, template), fmt, quality=95)
+        if optout:
+            data = apply_optout(data, fmt, optout)
         atomic_write_bytes(out_dir / target, data)
         marked[path] = {
             "source": rel.as_posix(),
@@ -303,7 +330,10 @@ def mark_dataset(
     for path, rel in files:
         entry = marked.get(path)
         if entry is None:
-            _copy_atomic(path, out_dir / rel)
+            if path in unreadable:
+                _copy_atomic(path, out_dir / rel)
+            elif problem := _copy_with_optout(path, out_dir / rel, optout):
+                skipped.append((str(path), problem))
             n_files += 1
             done += 1
             if progress:

@@ -66,6 +66,14 @@ def _protect_section(hooks: UIHooks) -> None:
                               elem_id=_elem("protect_steps"))
             robust = gr.CheckboxGroup(choices=list(handlers.ROBUSTNESS_CHOICES), value=[],
                                       label="Survive recompression, resizing, blur (slower)", elem_id=_elem("protect_robust"))
+            optout = gr.Checkbox(value=True, label="Write a machine-readable 'do not train' opt-out into the files "
+                                 "(XMP/IPTC data-mining prohibition and TDMRep; metadata only, pixels unchanged)",
+                                 elem_id=_elem("protect_optout"))  # fmt: skip
+            with gr.Row():
+                creator = gr.Textbox(label="Creator (optional)", elem_id=_elem("protect_creator"))
+                copyright_notice = gr.Textbox(label="Copyright notice (optional)", placeholder="(c) 2026 Your Name",
+                                              elem_id=_elem("protect_copyright"))  # fmt: skip
+                contact = gr.Textbox(label="Contact e-mail or URL (optional)", elem_id=_elem("protect_contact"))
             with gr.Accordion("More options", open=False):
                 prompt = gr.Textbox(label="Conditioning prompt (text-to-image models)", elem_id=_elem("protect_prompt"))
                 fmt = gr.Radio(choices=list(handlers.OUTPUT_FORMATS), value="png",
@@ -83,13 +91,15 @@ def _protect_section(hooks: UIHooks) -> None:
             table = gr.Dataframe(headers=handlers.TABLE_HEADERS, interactive=False, wrap=True, elem_id=_elem("protect_table"))
 
     def protect(files_value, folder_value, model_value, model_path_value, method_value, budget_value, steps_value,
-                robust_value, prompt_value, fmt_value, seed_value, batch_value, progress=gr.Progress()):  # noqa: B008  (how gradio injects progress)
+                robust_value, prompt_value, fmt_value, seed_value, batch_value, optout_value=True, creator_value="",
+                copyright_value="", contact_value="", progress=gr.Progress()):  # noqa: B008  (how gradio injects progress)
         try:
             result = handlers.run_protect(
                 hooks, files=files_value, folder=folder_value or "",
                 model=(model_path_value or "").strip() or model_value or "",
                 method=method_value, budget=budget_value, steps=steps_value, robust=robust_value or [],
                 prompt=prompt_value or "", fmt=fmt_value or "png", seed=int(seed_value or 0), batch_size=int(batch_value or 4),
+                optout=bool(optout_value), creator=creator_value or "", copyright=copyright_value or "", contact=contact_value or "",
                 progress=_progress_adapter(progress),
             )
         except (UnlearnableError, ValueError, OSError) as exc:
@@ -99,7 +109,8 @@ def _protect_section(hooks: UIHooks) -> None:
 
     run.click(
         protect,
-        inputs=[files, folder, model, model_path, method_box, budget, steps, robust, prompt, fmt, seed, batch_size],
+        inputs=[files, folder, model, model_path, method_box, budget, steps, robust, prompt, fmt, seed, batch_size, optout, creator,
+                copyright_notice, contact],
         outputs=[gallery, downloads, table, status],
         api_name="protect",
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingsError, UnlearnableError
+from ..optout import optout_line
 from .hooks import UIHooks
 
 #: progress(fraction in [0, 1], description)
@@ -117,9 +118,17 @@ def run_protect(
     fmt: str = "png",
     seed: int = 0,
     batch_size: int = 4,
+    optout: bool = True,
+    creator: str = "",
+    copyright: str = "",
+    contact: str = "",
     progress: ProgressFn | None = None,
 ) -> ProtectResult:
-    """Protect uploaded files and/or a folder into a new run folder; returns gallery, downloads and table."""
+    """Protect uploaded files and/or a folder into a new run folder; returns gallery, downloads and table.
+
+    With `optout` (the default) every output carries the machine-readable training reservation.
+    """
+    from ..optout import OptOut
     from ..protect import ProtectSettings, protect_files
 
     inputs = uploaded_paths(files)
@@ -143,6 +152,7 @@ def run_protect(
     from ..protect.objectives import make_objective
 
     make_objective(settings.method)  # an unknown method fails before any model loads
+    reservation = OptOut(creator=creator.strip(), copyright=copyright.strip(), contact=contact.strip()) if optout else None
 
     def work() -> ProtectResult:
         if progress is not None:
@@ -151,7 +161,8 @@ def run_protect(
         out_dir = new_run_dir(hooks, "protect")
         try:
             summary = protect_files(
-                inputs, out_dir, surrogate, settings, fmt=fmt, progress_factory=_step_progress(hooks, progress, "tile-steps")
+                inputs, out_dir, surrogate, settings, fmt=fmt, progress_factory=_step_progress(hooks, progress, "tile-steps"),
+                optout=reservation,
             )
         except Cancelled:
             done = sorted(p for p in out_dir.rglob("*") if p.is_file())
@@ -194,6 +205,8 @@ def _protect_result(out_dir: Path, summary, finished: list[Path], surrogate, mod
             f"(max L-inf {totals['max_linf']}, mean PSNR {totals['mean_psnr']} dB, mean SSIM {totals['mean_ssim']}). "
             f"Saved in `{out_dir}`."
         )
+    if report is not None:
+        lines.append(optout_line(report["optout"]))
     if getattr(surrogate, "demo_only", False):
         lines.append(DEMO_NOTE.format(model=model))
     return ProtectResult(

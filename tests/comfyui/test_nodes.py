@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate
 
 from .conftest import comfy_like, runtime, tiny_pipeline
 
-NODE_IDS = ["UnlearnableProtectImage", "UnlearnableProtectionReport", "UnlearnableMarkWithTemplate", "UnlearnableVerifyModel",
+NODE_IDS = ["UnlearnableProtectImage", "UnlearnableProtectionReport", "UnlearnableSaveProtectedImage", "UnlearnableMarkWithTemplate", "UnlearnableVerifyModel",
             "UnlearnableInspectLoRA"]  # fmt: skip
 
 
@@ -176,6 +177,27 @@ def test_protect_image_needs_clip_or_conditioning_and_can_be_cancelled(pack, sd_
     comfy_host["mm"].interrupt_current_processing(True)
     with pytest.raises(comfy_host["mm"].InterruptProcessingException):
         runtime.run_node(node, image=image, model=model, vae=vae, clip=clip, method="advdm", steps=50)
+
+
+def test_save_protected_image_writes_the_optout_by_default(pack, pack_v1, photos, comfy_host):
+    from shared_core.optout import inspect_image
+
+    image = as_image(photos[1][:48, :64], photos[2][:48, :64])
+    node = pack.NODE_CLASS_MAPPINGS["UnlearnableSaveProtectedImage"]
+    inputs = runtime.node_info(node)["input"]
+    assert inputs["required"]["optout"][1]["default"] is True and "prohibited" in inputs["required"]["data_mining"][0]
+    (text,), ui = runtime.run_node(node, images=image, filename_prefix="opt out", creator="Ann Artist", copyright="(c) 2026 Ann")
+    saved = [Path(comfy_host["folder_paths"].get_output_directory()) / entry["filename"] for entry in ui["images"]]
+    assert [p.name for p in saved] == ["opt_out_00001.png", "opt_out_00002.png"] and ui["text"] == [text]
+    assert "opt-out written: XMP plus:DataMining=DMI-PROHIBITED" in text and "creator='Ann Artist'" in text
+    for path, expected in zip(saved, (photos[1][:48, :64], photos[2][:48, :64])):
+        report = inspect_image(path)
+        assert report["opted_out"] and report["xmp"]["creator"] == "Ann Artist" and report["xmp"]["copyright"] == "(c) 2026 Ann"
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), expected)
+    old = pack_v1.NODE_CLASS_MAPPINGS["UnlearnableSaveProtectedImage"]
+    (text,), ui = runtime.run_node(old, images=image[:1], filename_prefix="opt out", format="jpeg", optout=False)
+    assert ui["images"][0]["filename"] == "opt_out_00003.jpg" and "none written" in text
+    assert not inspect_image(Path(comfy_host["folder_paths"].get_output_directory()) / "opt_out_00003.jpg")["opted_out"]
 
 
 def test_v1_protect_node_runs_on_an_older_host(pack_v1, sd_host_objects, photos):

@@ -39,7 +39,7 @@ def test_example_workflows_run_in_a_real_comfyui(tmp_path):
         object_info = server.get("/object_info")
         ours = {name: info for name, info in object_info.items() if name.startswith("Unlearnable")}
         assert sorted(ours) == ["UnlearnableInspectLoRA", "UnlearnableMarkWithTemplate", "UnlearnableProtectImage",
-                                "UnlearnableProtectionReport", "UnlearnableVerifyModel"]  # fmt: skip
+                                "UnlearnableProtectionReport", "UnlearnableSaveProtectedImage", "UnlearnableVerifyModel"]  # fmt: skip
         assert ours["UnlearnableProtectImage"]["category"] == "Unlearnable"
         assert "eudp" in json.dumps(ours["UnlearnableProtectImage"]["input"]["required"]["method"])
         templates = server.get("/workflow_templates")

@@ -61,6 +61,7 @@ def test_launch_app_serves_protect_over_http(tmp_path, photo_file):
     require_gradio()
     from gradio_client import Client, handle_file
 
+    from shared_core.optout import inspect_image
     from shared_core.ui import launch_app
 
     port = free_port()
@@ -69,7 +70,8 @@ def test_launch_app_serves_protect_over_http(tmp_path, photo_file):
         assert demo.server_name == "127.0.0.1"
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
         gallery, downloads, table, status = client.predict(
-            [handle_file(str(photo_file))], "", "builtin:tiny", "", "advdm", 6, 2, [], "", "png", 0, 4, api_name="/protect"
+            [handle_file(str(photo_file))], "", "builtin:tiny", "", "advdm", 6, 2, [], "", "png", 0, 4, True, "Ann Artist", "", "",
+            api_name="/protect",
         )
         files = [d["path"] if isinstance(d, dict) else d for d in downloads]
         png = Path(next(f for f in files if f.endswith(".png")))
@@ -77,6 +79,7 @@ def test_launch_app_serves_protect_over_http(tmp_path, photo_file):
         protected = np.asarray(Image.open(png).convert("RGB")).astype(int)
         assert protected.shape == original.shape and 0 < np.abs(protected - original).max() <= 6
         assert png.is_relative_to(tmp_path / "downloads")  # it really came over HTTP
-        assert "Demo model" in status
+        assert "Demo model" in status and "opt-out written: XMP plus:DataMining=DMI-PROHIBITED" in status
+        assert inspect_image(png)["xmp"]["creator"] == "Ann Artist"  # the opt-out came down with the file
     finally:
         demo.close()

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from shared_core.errors import SettingsError
+from shared_core.optout import inspect_image
 from shared_core.ui import handlers
 from shared_core.ui.hooks import StandaloneHooks
 
@@ -43,6 +44,17 @@ def test_protect_one_upload_keeps_size_stays_in_budget_and_offers_downloads(tmp_
     assert json.loads(summary_path.read_text())["totals"]["protected"] == 1
     assert result.gallery == [(str(png_path), "astronaut.png")]
     assert "Demo model" in result.status and result.out_dir.parent == tmp_path / "out" / "protect"
+    # the opt-out is on by default in the web tab, with the rights fields given
+    assert "opt-out written: XMP plus:DataMining=DMI-PROHIBITED" in result.status
+    assert inspect_image(png_path)["opted_out"]
+    plain = handlers.run_protect(hooks, files=[str(photo_file)], model="builtin:tiny", method="advdm", budget=6, steps=2,
+                                 optout=False)
+    assert "opt-out: none written" in plain.status and not inspect_image(plain.downloads[1])["opted_out"]
+    assert np.array_equal(np.asarray(Image.open(plain.downloads[1])), np.asarray(Image.open(png_path)))
+    named = handlers.run_protect(hooks, files=[str(photo_file)], model="builtin:tiny", method="advdm", budget=6, steps=2,
+                                 creator="Ann Artist", copyright="(c) 2026 Ann", contact="ann@example.org")
+    assert inspect_image(named.downloads[1])["xmp"] == {**inspect_image(png_path)["xmp"], "creator": "Ann Artist",
+                                                        "copyright": "(c) 2026 Ann", "contact": "ann@example.org"}  # fmt: skip
 
 
 def test_cancel_stops_at_the_next_step_and_keeps_finished_images(tmp_path, photo_file):
