@@ -148,6 +148,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: seconds a loaded 2-core machine may need to import ComfyUI and its nodes
+START_TIMEOUT = 900
+
+
 class ComfyServer:
     """`python main.py --cpu` in its own base directory, with the pack linked into custom_nodes/."""
 
@@ -171,7 +175,7 @@ class ComfyServer:
                    "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]  # fmt: skip
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + 300
+        deadline = time.time() + START_TIMEOUT
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log_text()[-3000:]}")
@@ -179,7 +183,8 @@ class ComfyServer:
                 self.get("/system_stats")
                 return self
             time.sleep(1)
-        raise TimeoutError(f"ComfyUI did not start in 300 s:\n{self.log_text()[-3000:]}")
+        self.__exit__()  # __exit__ is not called when __enter__ raises: never leave the server running
+        raise TimeoutError(f"ComfyUI did not start in {START_TIMEOUT} s:\n{self.log_text()[-3000:]}")
 
     def __exit__(self, *exc):
         if self.process and self.process.poll() is None:
