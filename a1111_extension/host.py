@@ -52,6 +52,13 @@ def _forge_prepare(sd_model) -> Callable[[], None]:
     return prepare
 
 
+def api_enabled() -> bool:
+    """Whether the web UI was started with --api: only then are the tab's buttons named API endpoints."""
+    from modules import shared
+
+    return bool(getattr(getattr(shared, "cmd_opts", None), "api", False))
+
+
 def loaded_checkpoint_title() -> str:
     from modules import shared
 
@@ -78,6 +85,7 @@ class WebUIHooks(UIHooks):
             ),
             host="forge" if is_forge() else "a1111",
             make_generators=self._make_generators,
+            api_endpoints=api_enabled(),
         )
 
     def _model_choices(self) -> list[str]:

@@ -50,10 +50,29 @@ def test_install_never_touches_torch_and_uses_launch_under_a1111(tmp_path, monke
     assert install.read_requirements(requirements) == ["numpy>=1.0", "surely-not-installed-package==1.0"]
     assert install.is_satisfied("numpy>=1.0") and not install.is_satisfied("surely-not-installed-package==1.0")
     assert not install.is_satisfied("numpy<1.0")
-    calls = []
-    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=lambda args, desc: calls.append(args)))
+    calls, constraints = [], []
+
+    def run_pip(args, desc):
+        calls.append(args)
+        constraints.append(Path(args.split(" -c ", 1)[1].strip('"')).read_text().splitlines())
+
+    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=run_pip))
     assert install.main(requirements) == 0
-    assert calls == ['install "surely-not-installed-package==1.0"']
+    assert len(calls) == 1 and calls[0].startswith('install "surely-not-installed-package==1.0" -c ')
+    # everything the host has is pinned where it is: installing a missing package never upgrades the host's
+    from importlib import metadata
+
+    assert f"numpy=={metadata.version('numpy')}" in constraints[0]
+    assert f"torch=={metadata.version('torch')}" in constraints[0]
+
+
+def test_install_floors_are_pyprojects():
+    """requirements.txt (ComfyUI-Manager, install.py) and pyproject.toml ask for the same versions."""
+    import tomllib
+
+    install = load_by_path(ROOT / "install.py", "unlearnable_install")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(install.read_requirements()) == sorted(r for r in project if install.requirement_name(r) not in install.HOST_OWNED)
 
 
 def test_requirements_leave_torch_to_the_host():

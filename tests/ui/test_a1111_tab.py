@@ -39,6 +39,19 @@ def test_tab_settings_and_protect_with_current_gradio(webui, stubs, tmp_path):
     assert result["linf"] <= 6 and result["model"].startswith("Loaded checkpoint")
 
 
+def test_tab_buttons_are_api_endpoints_only_when_the_webui_has_api(webui):
+    require_gradio()
+    from a1111_extension.host import WebUIHooks
+    from shared_core.ui.app import build_ui
+
+    def named() -> set[str]:
+        return set(build_ui(WebUIHooks()).get_api_info()["named_endpoints"])
+
+    assert "/protect" in named()
+    webui.shared.cmd_opts.api = False
+    assert not {"/protect", "/mark", "/verify", "/inspect_lora"} & named()
+
+
 def test_cancel_uses_the_hosts_interrupt(webui, stubs, tmp_path, photo_file):
     from a1111_extension.host import WebUIHooks
     from shared_core.ui import handlers
