@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--method", default="advdm", help="objective timed (default advdm: same work as the bare step)")
     bench.add_argument("--low-memory", action="store_true")
+    bench.add_argument("--json", default=None, metavar="FILE",
+                       help="overhead: also write the figures, command, device, torch, dtype and raw timings to FILE")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -375,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by benchmarks that write their command
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

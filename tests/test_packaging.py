@@ -84,3 +84,11 @@ def test_requirements_leave_torch_to_the_host():
     assert "torch>=2.1" in project["project"]["dependencies"]  # a floor, never a pin
     assert project["project"]["scripts"]["unlearnable"] == "shared_core.cli:main"
     assert "tool" in project and "comfy" in project["tool"]
+
+
+def test_ci_fails_instead_of_skipping_the_ui_tests():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "export UNLEARNABLE_REQUIRE_UI=1 UNLEARNABLE_REQUIRE_BROWSER=1" in script
+    assert "apt-get install -y -q chromium" in script
+    create = next(line for line in script.splitlines() if "gradio_envs.py create" in line)
+    assert "||" not in create, "a failed host gradio environment must fail the build"
