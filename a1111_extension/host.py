@@ -52,6 +52,22 @@ def _forge_prepare(sd_model) -> Callable[[], None]:
     return prepare
 
 
+def selected_sd_model():
+    """The checkpoint selected in the web UI, loaded if it is not yet.
+
+    A1111's `shared.sd_model` loads it on first access; Forge loads it only when a generation asks
+    (`forge_model_reload`), so before the first image its `shared.sd_model` is None.
+    """
+    from modules import shared
+
+    if is_forge():
+        from modules import sd_models
+
+        sd_model, _ = sd_models.forge_model_reload()
+        return sd_model
+    return shared.sd_model
+
+
 def api_enabled() -> bool:
     """Whether the web UI was started with --api: only then are the tab's buttons named API endpoints."""
     from modules import shared
@@ -99,7 +115,7 @@ class WebUIHooks(UIHooks):
         if choice.startswith(LOADED_PREFIX):
             from .surrogate import WebUISurrogate
 
-            sd_model = shared.sd_model  # loads the selected checkpoint if none is loaded
+            sd_model = selected_sd_model()
             forge = getattr(sd_model, "forge_objects", None)
             key = (id(sd_model), id(getattr(forge, "unet", None)))
             if self._cache is None or self._cache[0] != key:
