@@ -118,6 +118,7 @@ def artefact(result: dict, argv: list[str]) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device_name": device_name(device),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # other work on the machine
         **result,
     }
 
