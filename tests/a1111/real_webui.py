@@ -190,15 +190,19 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path) -> di
         choices = next(c["props"]["choices"] for c in config["components"] if c.get("props", {}).get("elem_id") == "unlearnable_protect_model")
         loaded = next(c[0] if isinstance(c, (list, tuple)) else c for c in choices)
         report["model_choice"] = loaded
-        protect = protect_through_api(server, image, loaded)
-        report["protect"] = {k: protect[k] for k in ("status", "table", "seconds", "named_endpoints")}
-        png = next(p for p in download_paths(protect["downloads"]) if p.suffix == ".png")
-        original = np.asarray(Image.open(image).convert("RGB")).astype(int)
-        protected = np.asarray(Image.open(png).convert("RGB")).astype(int)
-        report["protect"]["size_kept"] = protected.shape == original.shape
-        report["protect"]["linf"] = int(np.abs(protected - original).max())
         screenshot(server, shot)
         report["screenshot"] = str(shot)
+        try:
+            protect = protect_through_api(server, image, loaded)
+        except RuntimeError as exc:  # recorded with the web UI's traceback, so the report says what failed
+            report["protect"] = {"error": str(exc)[-2000:], "webui_traceback": server.log_text().rsplit("Traceback", 1)[-1][-4000:]}
+        else:
+            report["protect"] = {k: protect[k] for k in ("status", "table", "seconds", "named_endpoints")}
+            png = next(p for p in download_paths(protect["downloads"]) if p.suffix == ".png")
+            original = np.asarray(Image.open(image).convert("RGB")).astype(int)
+            protected = np.asarray(Image.open(png).convert("RGB")).astype(int)
+            report["protect"]["size_kept"] = protected.shape == original.shape
+            report["protect"]["linf"] = int(np.abs(protected - original).max())
         log = server.log_text()
     report["log_errors"] = [line for line in log.splitlines() if ("Error" in line or "Traceback" in line) and "unlearnable" in line.lower()]
     report["log_tail"] = log[-3000:]

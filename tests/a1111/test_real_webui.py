@@ -38,6 +38,7 @@ def test_tab_loads_and_protects_inside_the_real_webui(kind, tmp_path):
     assert {"unlearnable_method", "unlearnable_budget", "unlearnable_steps", "unlearnable_outdir"} <= set(report["settings"])
     assert report["model_choice"].startswith(f"Loaded checkpoint ({real.CHECKPOINT.removesuffix('.safetensors')}")
     protect = report["protect"]
+    assert "error" not in protect, protect.get("webui_traceback") or protect.get("error")
     assert "/protect" in protect["named_endpoints"]  # started with --api
     assert protect["table"]["data"][0][1] == "protected" if isinstance(protect["table"], dict) else protect["table"][0][1] == "protected"
     assert protect["size_kept"] and 0 < protect["linf"] <= 8
