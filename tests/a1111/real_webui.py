@@ -158,7 +158,7 @@ def screenshot(server: WebUIServer, target: Path) -> None:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         page.goto(server.url + "/", timeout=300_000)
-        page.get_by_role("button", name="Unlearnable").first.click(timeout=300_000)
+        page.locator("button:has-text('Unlearnable')").first.click(timeout=300_000)  # a tab button (role "tab" in gradio 4)
         page.wait_for_selector("#unlearnable_protect_run", state="visible", timeout=120_000)
         page.wait_for_timeout(1500)
         target.parent.mkdir(parents=True, exist_ok=True)
