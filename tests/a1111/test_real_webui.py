@@ -35,7 +35,7 @@ def test_tab_loads_and_protects_inside_the_real_webui(kind, tmp_path):
     print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
     assert not report["log_errors"], report["log_errors"]
     assert {"unlearnable_protect_run", "unlearnable_mark_run", "unlearnable_verify_run", "unlearnable_lora_run"} <= set(report["tab_elements"])
-    assert {"unlearnable_method", "unlearnable_budget", "unlearnable_steps", "unlearnable_outdir"} <= set(report["settings"])
+    assert {f"setting_unlearnable_{k}" for k in ("method", "budget", "steps", "outdir")} <= set(report["settings_elements"])
     assert report["model_choice"].startswith(f"Loaded checkpoint ({real.CHECKPOINT.removesuffix('.safetensors')}")
     protect = report["protect"]
     assert "error" not in protect, protect.get("webui_traceback") or protect.get("error")
