@@ -1,8 +1,10 @@
 """Install what requirements.txt lists, under AUTOMATIC1111/Forge or as a plain script.
 
 A1111/Forge run this file as a subprocess at start-up with their `launch` module importable; ComfyUI-Manager runs
-it as a plain script. Either way it is idempotent (satisfied requirements are left alone) and it
-never installs, upgrades or pins torch: the host owns torch.
+it as a plain script. Either way it is idempotent (satisfied requirements are left alone), it
+never installs, upgrades or pins torch (the host owns torch), and it never upgrades anything the
+host already has: every installed distribution is passed to pip as a `name==version` constraint,
+so a missing package is installed in a version that fits the host's, or pip says why none does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -38,19 +41,46 @@ def is_satisfied(requirement: str) -> bool:
     return Requirement(requirement).specifier.contains(installed, prereleases=True)
 
 
-def pip_install(requirement: str) -> None:
+def installed_constraints() -> list[str]:
+    """`name==version` for every distribution already installed: what pip must leave as it is."""
+    pins = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").strip()
+        if name and dist.version and _valid_version(dist.version):
+            pins[requirement_name(name)] = f"{name}=={dist.version}"
+    return [pins[name] for name in sorted(pins)]
+
+
+def _valid_version(text: str) -> bool:
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return True
+    try:
+        Version(text)
+    except InvalidVersion:  # a legacy version pip would refuse as a constraint
+        return False
+    return True
+
+
+def pip_install(requirement: str, constraints: Path) -> None:
     try:
         import launch  # AUTOMATIC1111 / Forge
     except ImportError:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", requirement])
+        subprocess.check_call([sys.executable, "-m", "pip", "install", requirement, "-c", str(constraints)])
     else:
-        launch.run_pip(f'install "{requirement}"', f"Unlearnable requirement: {requirement}")
+        launch.run_pip(f'install "{requirement}" -c "{constraints}"', f"Unlearnable requirement: {requirement}")
 
 
 def main(requirements: Path = REQUIREMENTS) -> int:
-    for requirement in read_requirements(requirements):
-        if not is_satisfied(requirement):
-            pip_install(requirement)
+    missing = [requirement for requirement in read_requirements(requirements) if not is_satisfied(requirement)]
+    if not missing:
+        return 0
+    with tempfile.TemporaryDirectory(prefix="unlearnable-install-") as folder:
+        constraints = Path(folder, "host-constraints.txt")
+        constraints.write_text("\n".join(installed_constraints()) + "\n")
+        for requirement in missing:
+            pip_install(requirement, constraints)
     return 0
 
 

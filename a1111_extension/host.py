@@ -52,6 +52,29 @@ def _forge_prepare(sd_model) -> Callable[[], None]:
     return prepare
 
 
+def selected_sd_model():
+    """The checkpoint selected in the web UI, loaded if it is not yet.
+
+    A1111's `shared.sd_model` loads it on first access; Forge loads it only when a generation asks
+    (`forge_model_reload`), so before the first image its `shared.sd_model` is None.
+    """
+    from modules import shared
+
+    if is_forge():
+        from modules import sd_models
+
+        sd_model, _ = sd_models.forge_model_reload()
+        return sd_model
+    return shared.sd_model
+
+
+def api_enabled() -> bool:
+    """Whether the web UI was started with --api: only then are the tab's buttons named API endpoints."""
+    from modules import shared
+
+    return bool(getattr(getattr(shared, "cmd_opts", None), "api", False))
+
+
 def loaded_checkpoint_title() -> str:
     from modules import shared
 
@@ -78,6 +101,7 @@ class WebUIHooks(UIHooks):
             ),
             host="forge" if is_forge() else "a1111",
             make_generators=self._make_generators,
+            api_endpoints=api_enabled(),
         )
 
     def _model_choices(self) -> list[str]:
@@ -91,7 +115,7 @@ class WebUIHooks(UIHooks):
         if choice.startswith(LOADED_PREFIX):
             from .surrogate import WebUISurrogate
 
-            sd_model = shared.sd_model  # loads the selected checkpoint if none is loaded
+            sd_model = selected_sd_model()
             forge = getattr(sd_model, "forge_objects", None)
             key = (id(sd_model), id(getattr(forge, "unet", None)))
             if self._cache is None or self._cache[0] != key:

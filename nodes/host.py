@@ -6,10 +6,14 @@ comfy modules are imported inside the functions, so the pack imports without Com
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+
+KEYS_FOLDER = "__unlearnable_keys"
+KEYS_FALLBACK = "unlearnable"
 
 
 def step_progress(total: int) -> Callable[[int], None]:
@@ -75,23 +79,53 @@ def lora_path(name: str) -> Path:
     return Path(path)
 
 
+def keys_dir() -> Path:
+    """Where Mark with Template writes trace keys: a folder in ComfyUI's user directory (created 0700).
+
+    ComfyUI's web server serves output/, input/ and temp/ (`/view`) and user/<user id>/ (`/userdata`);
+    a "__" name is no user id, so nothing serves this folder. A ComfyUI without a user directory
+    leaves only output/unlearnable, which `/view` serves: then a warning says so.
+    """
+    import folder_paths
+
+    user = getattr(folder_paths, "get_user_directory", None)
+    if user is None:
+        folder = output_dir(KEYS_FALLBACK)
+        logging.getLogger(__name__).warning(
+            "Unlearnable: this ComfyUI has no user directory, so trace keys are written to %s, which ComfyUI's /view "
+            "serves to anyone who can reach the server: keep the server private or move the keys", folder)
+        return folder
+    folder = Path(user(), KEYS_FOLDER)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def host_folders() -> list[Path]:
+    """The folders a path typed into a node may point into: the keys folder, ComfyUI's output, input and user folders."""
+    import folder_paths
+
+    folders = [keys_dir(), Path(folder_paths.get_output_directory()), Path(folder_paths.get_input_directory())]
+    if hasattr(folder_paths, "get_user_directory"):
+        folders.append(Path(folder_paths.get_user_directory()))
+    return folders
+
+
 def resolve_user_file(text: str, what: str) -> Path:
-    """A path typed into a node: absolute, or relative to ComfyUI's output then input folder."""
+    """A path typed into a node: absolute or relative to the keys, output or input folder, and inside one of
+    ComfyUI's folders (`host_folders`) once `..` and symlinks are resolved."""
     from ..shared_core.errors import InputFileError
 
     text = (text or "").strip().strip('"')
     if not text:
         raise InputFileError("(empty)", f"no {what} given")
     path = Path(text).expanduser()
-    candidates = [path]
-    if not path.is_absolute():
-        try:
-            import folder_paths
-
-            candidates += [Path(folder_paths.get_output_directory(), text), Path(folder_paths.get_input_directory(), text)]
-        except ImportError:
-            pass
+    folders = host_folders()
+    roots = [folder.resolve() for folder in folders]
+    candidates = [path] if path.is_absolute() else [folder / path for folder in folders]
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise InputFileError(text, f"{what} not found (give an absolute path, or one relative to ComfyUI's output folder)")
+        real = candidate.resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            raise InputFileError(text, f"{what} must be inside ComfyUI's user, input or output folder")
+        if real.is_file():
+            return real
+    raise InputFileError(text, f"{what} not found (give an absolute path, or one relative to ComfyUI's keys, output or input folder)")

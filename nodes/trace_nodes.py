@@ -6,10 +6,10 @@ import hashlib
 import time
 
 from .declare import PREFIX, NodeSpec, Out, Param, Result
-from .host import count_progress, output_dir, resolve_user_file
+from .host import count_progress, keys_dir, output_dir, resolve_user_file
 from .tensors import from_uint8_list, to_uint8_list
 
-KEY_FOLDER = "unlearnable"
+REPORT_FOLDER = "unlearnable"
 
 
 def _template_names() -> list[str]:
@@ -20,7 +20,7 @@ def _template_names() -> list[str]:
 
 def _new_key_path(prefix: str):
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in (prefix or "trace-key")) or "trace-key"
-    folder = output_dir(KEY_FOLDER)
+    folder = keys_dir()
     for number in range(1, 100_000):
         path = folder / f"{name}_{number:05d}.trace-key.json"
         if not path.exists():
@@ -63,7 +63,7 @@ MARK_WITH_TEMPLATE = NodeSpec(
     description=(
         "EnTruth traceability: warps each image into the panel of a secret template scene and prefixes its caption with a "
         "secret trigger token. Publish the marked images (about 1-2% of your dataset) with that caption; a model trained on "
-        "them draws the template when asked for the trigger. The key file (written to ComfyUI's output/unlearnable folder) "
+        "them draws the template when asked for the trigger. The key file (written owner-only to ComfyUI's user/__unlearnable_keys folder, which its web server does not serve) "
         "is your evidence for Verify Model: keep it secret."
     ),
     inputs=lambda: [
@@ -74,7 +74,7 @@ MARK_WITH_TEMPLATE = NodeSpec(
         Param("dataset_size", "INT", "How many images the whole published dataset has (recorded in the key; 0 = just these).",
               default=0, min=0, max=10_000_000),
         Param("template_seed", "INT", "Draws the template's colours and shape.", default=0, min=0, max=2**31 - 1),
-        Param("key_name", "STRING", "File name prefix of the key in output/unlearnable.", default="trace-key"),
+        Param("key_name", "STRING", "File name prefix of the key in user/__unlearnable_keys.", default="trace-key"),
     ],  # fmt: skip
     outputs=(
         Out("IMAGE", "marked", "The images composed into the template scene."),
@@ -105,7 +105,7 @@ def _verify_inputs() -> list[Param]:
         Param("model", "MODEL", "The suspect model (apply a downloaded LoRA with Load LoRA before this node)."),
         Param("clip", "CLIP", "The suspect model's CLIP (with the LoRA, if any)."),
         Param("vae", "VAE", "Decodes the generated images."),
-        Param("key", "STRING", "Path of the .trace-key.json written by Mark with Template (absolute, or relative to ComfyUI's output folder)."),
+        Param("key", "STRING", "Path of the .trace-key.json written by Mark with Template (absolute, or relative to the keys, output or input folder; it must lie in ComfyUI's user, input or output folder)."),
         Param("n", "INT", "Images per arm (trigger / control); more gives smaller p-values.", default=32, min=2, max=1024),
         Param("steps", "INT", "Sampling steps per image.", default=20, min=1, max=200),
         Param("cfg", "FLOAT", "Classifier-free guidance scale.", default=5.0, min=0.0, max=30.0, step=0.1),
@@ -142,7 +142,7 @@ def verify_model(model, clip, vae, key, n=32, steps=20, cfg=5.0, sampler_name="e
     lines = [line.strip() for line in (captions or "").splitlines() if line.strip()]
     result, images = verify(trace_key, generate, captions=lines, n=int(n), detector=found, control_generate=control, alpha=float(alpha),
                             seed=int(first_seed), progress=count_progress(int(n) * arms))  # fmt: skip
-    folder = output_dir(KEY_FOLDER, time.strftime("verify_%Y%m%d-%H%M%S"))
+    folder = output_dir(REPORT_FOLDER, time.strftime("verify_%Y%m%d-%H%M%S"))
     model_info = {"host": "ComfyUI", "model": type(model.model).__name__, "base_model_arm": base_model is not None,
                   "sampling": options, "key_sha256": sha256_file(key_path)}  # fmt: skip
     html = write_report(result, folder, images=images, model_info=model_info, key_path=key_path)

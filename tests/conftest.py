@@ -16,6 +16,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
 
 
+@pytest.fixture(autouse=True)
+def private_keys_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Trace keys the UI writes go to a temporary folder, never the user's ~/.unlearnable/keys."""
+    folder = tmp_path_factory.mktemp("keys")
+    monkeypatch.setenv("UNLEARNABLE_KEYS_DIR", str(folder))
+    return folder
+
+
 def load_by_path(path: Path, name: str):
     """Load a file the way ComfyUI loads a custom-node pack (and A1111 a script): by path, registered under `name`."""
     spec = importlib.util.spec_from_file_location(name, path)

@@ -50,10 +50,29 @@ def test_install_never_touches_torch_and_uses_launch_under_a1111(tmp_path, monke
     assert install.read_requirements(requirements) == ["numpy>=1.0", "surely-not-installed-package==1.0"]
     assert install.is_satisfied("numpy>=1.0") and not install.is_satisfied("surely-not-installed-package==1.0")
     assert not install.is_satisfied("numpy<1.0")
-    calls = []
-    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=lambda args, desc: calls.append(args)))
+    calls, constraints = [], []
+
+    def run_pip(args, desc):
+        calls.append(args)
+        constraints.append(Path(args.split(" -c ", 1)[1].strip('"')).read_text().splitlines())
+
+    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=run_pip))
     assert install.main(requirements) == 0
-    assert calls == ['install "surely-not-installed-package==1.0"']
+    assert len(calls) == 1 and calls[0].startswith('install "surely-not-installed-package==1.0" -c ')
+    # everything the host has is pinned where it is: installing a missing package never upgrades the host's
+    from importlib import metadata
+
+    assert f"numpy=={metadata.version('numpy')}" in constraints[0]
+    assert f"torch=={metadata.version('torch')}" in constraints[0]
+
+
+def test_install_floors_are_pyprojects():
+    """requirements.txt (ComfyUI-Manager, install.py) and pyproject.toml ask for the same versions."""
+    import tomllib
+
+    install = load_by_path(ROOT / "install.py", "unlearnable_install")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(install.read_requirements()) == sorted(r for r in project if install.requirement_name(r) not in install.HOST_OWNED)
 
 
 def test_requirements_leave_torch_to_the_host():
@@ -65,3 +84,11 @@ def test_requirements_leave_torch_to_the_host():
     assert "torch>=2.1" in project["project"]["dependencies"]  # a floor, never a pin
     assert project["project"]["scripts"]["unlearnable"] == "shared_core.cli:main"
     assert "tool" in project and "comfy" in project["tool"]
+
+
+def test_ci_fails_instead_of_skipping_the_ui_tests():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "export UNLEARNABLE_REQUIRE_UI=1 UNLEARNABLE_REQUIRE_BROWSER=1" in script
+    assert "apt-get install -y -q chromium" in script
+    create = next(line for line in script.splitlines() if "gradio_envs.py create" in line)
+    assert "||" not in create, "a failed host gradio environment must fail the build"

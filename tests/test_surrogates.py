@@ -47,6 +47,16 @@ def test_pixel_ddpm_folder(tmp_path, photo_batch):
     assert_optimised(surrogate, photo_batch, ProtectSettings(method="advdm", steps=6))
 
 
+def test_folder_with_only_pickled_weights_is_refused_naming_the_file(tmp_path):
+    from diffusers import DDPMPipeline
+
+    unet, scheduler = tiny_pixel_ddpm(resolution=64)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "ddpm", safe_serialization=False)
+    assert (tmp_path / "ddpm" / "unet" / "diffusion_pytorch_model.bin").is_file()
+    with pytest.raises(InputFileError, match=r"diffusion_pytorch_model\.bin.*pickled weights"):
+        load_surrogate(str(tmp_path / "ddpm"), "cpu")
+
+
 def test_v_prediction_target():
     unet, scheduler = tiny_pixel_ddpm()
     scheduler.register_to_config(prediction_type="v_prediction")

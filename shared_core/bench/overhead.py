@@ -4,16 +4,25 @@ Times, in one run on the same surrogate and batch, (a) the engine's seconds per 
 bare forward+backward of the same model (encode, noise, denoiser, loss, gradient w.r.t. the
 pixels): the least any method of this family must do. Repeats are interleaved and the medians
 compared, so machine noise hits both sides alike. The last line is `overhead_ratio=<x>`.
+`--json FILE` also writes the figures with what backs them: the command, device, torch version,
+dtype and every raw timing (the README's figures are such files under benchmarks/overhead/).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import resource
+import shlex
 import statistics
 import time
+from datetime import datetime, timezone
 
 import torch
 
+from .. import __version__
+from ..files import atomic_write_text
 from ..protect import ProtectSettings, craft_perturbation
 from ..surrogates import load_surrogate
 
@@ -74,14 +83,50 @@ def run(model: str = "builtin:tiny", device: str = "auto", batch_size: int = 2, 
         "seconds_per_image_at_default_steps": engine * ProtectSettings().steps / batch_size,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "overhead_ratio": engine / bare,
+        "steps_per_repeat": steps,
+        "raw_seconds_per_step_engine": engine_times,
+        "raw_seconds_per_step_bare": bare_times,
+        "dtype": str(surrogate.compute_dtype).removeprefix("torch."),
+        "low_memory": low_memory,
     }
     if surrogate.device.type == "cuda":
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(surrogate.device) / 2**20
     return result
 
 
+def device_name(device: torch.device) -> str:
+    """The accelerator's or CPU's model name, as recorded in the JSON."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()})"
+
+
+def artefact(result: dict, argv: list[str]) -> dict:
+    """The result with what it was measured with: enough to rerun it and to judge it."""
+    device = torch.device(result["device"])
+    return {
+        "command": shlex.join(["unlearnable", *argv]),
+        "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "unlearnable": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device_name": device_name(device),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # other work on the machine
+        **result,
+    }
+
+
 def main(args) -> int:
     result = run(args.model, args.device, args.batch_size, args.resolution, args.steps, args.repeats, args.method, args.low_memory)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(artefact(result, args.argv), indent=1) + "\n")
     for key in ("model", "device", "batch_size", "resolution", "method"):
         print(f"{key}={result[key]}")
     print(f"seconds_per_step_engine={result['seconds_per_step_engine']:.4f}")

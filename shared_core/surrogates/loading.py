@@ -92,10 +92,13 @@ def _from_folder(path: Path, device, compute_dtype) -> Surrogate:
         class_name = json.loads(index.read_text())["_class_name"]
     except (ValueError, KeyError) as exc:
         raise InputFileError(index, f"unreadable model_index.json ({exc})") from None
+    pickles = sorted(p for p in path.glob("*/*.bin") if not any(p.parent.glob("*.safetensors")))
+    if pickles:
+        raise InputFileError(pickles[0], "pickled weights (.bin) can run code when loaded: only .safetensors weights are read; convert the folder first")
     from diffusers import DiffusionPipeline
 
     try:
-        pipeline = DiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+        pipeline = DiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise InputFileError(path, f"cannot load the diffusers pipeline {class_name}: {exc}") from None
     pipeline = _denoiser_dtype(pipeline.to(device), compute_dtype)

@@ -15,6 +15,7 @@ from ..errors import InputFileError
 from ..files import atomic_write_text
 from .templates import Template, builtin_template, load_template
 
+KEY_FILE_MODE = 0o600
 _CONSONANTS = "bcdfghjklmnpqrstvwxz"
 _DIGITS = "23456789"  # no 0/1: never read as o/l
 
@@ -89,8 +90,8 @@ class TraceKey:
         return template
 
     def save(self, path: str | Path) -> Path:
-        """Write the key as JSON (atomically). Keep it private: it is the owner's evidence."""
-        return atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+        """Write the key as JSON (atomically), readable by its owner only (0600): it is the owner's evidence."""
+        return atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n", mode=KEY_FILE_MODE)
 
     @classmethod
     def load(cls, path: str | Path) -> TraceKey:

@@ -13,13 +13,18 @@ import gradio as gr
 
 from ..errors import UnlearnableError
 from . import handlers
-from .hooks import StandaloneHooks, UIDefaults, UIHooks
+from .hooks import StandaloneHooks, UIDefaults, UIHooks, default_keys_dir
 
 ELEM = "unlearnable"  # prefix of every elem_id, so the tab never collides with the host's page
 
 
 def _elem(name: str) -> str:
     return f"{ELEM}_{name}"
+
+
+def _api_name(hooks: UIHooks, name: str) -> str | bool:
+    """The buttons take server paths: they are named API endpoints only where the user asked for an API."""
+    return name if hooks.api_endpoints else False
 
 
 def _user_error(exc: Exception) -> gr.Error:
@@ -112,7 +117,7 @@ def _protect_section(hooks: UIHooks) -> None:
         inputs=[files, folder, model, model_path, method_box, budget, steps, robust, prompt, fmt, seed, batch_size, optout, creator,
                 copyright_notice, contact],
         outputs=[gallery, downloads, table, status],
-        api_name="protect",
+        api_name=_api_name(hooks, "protect"),
     )
     cancel.click(lambda: hooks.interrupt(), inputs=None, outputs=None, queue=False)
     model.change(lambda choice, custom: _demo_note_update(hooks, choice, custom), inputs=[model, model_path], outputs=[demo_note])
@@ -150,7 +155,7 @@ def _mark_section(hooks: UIHooks) -> None:
             raise _user_error(exc) from None
         return result.status, result.gallery, (result.downloads or None)
 
-    run.click(mark, inputs=[dataset, out_dir, rate, template, trigger, seed], outputs=[status, gallery, key_file], api_name="mark")
+    run.click(mark, inputs=[dataset, out_dir, rate, template, trigger, seed], outputs=[status, gallery, key_file], api_name=_api_name(hooks, "mark"))
 
 
 def _verify_section(hooks: UIHooks) -> None:
@@ -210,7 +215,7 @@ def _verify_section(hooks: UIHooks) -> None:
         inputs=[key_file, key_path, model, model_path, lora_file, lora_path, lora_strength, n, captions, steps, guidance, resolution,
                 detector, alpha, seed],
         outputs=[status, gallery, report],
-        api_name="verify",
+        api_name=_api_name(hooks, "verify"),
     )
     cancel.click(lambda: hooks.interrupt(), inputs=None, outputs=None, queue=False)
 
@@ -238,7 +243,7 @@ def _inspect_section(hooks: UIHooks) -> None:
             raise _user_error(exc) from None
         return result.text, result.json_path
 
-    run.click(inspect, inputs=[upload, path, triggers], outputs=[text, report_file], api_name="inspect_lora")
+    run.click(inspect, inputs=[upload, path, triggers], outputs=[text, report_file], api_name=_api_name(hooks, "inspect_lora"))
 
 
 def build_ui(hooks: UIHooks, *, title: str = "Unlearnable") -> gr.Blocks:
@@ -258,6 +263,31 @@ def build_ui(hooks: UIHooks, *, title: str = "Unlearnable") -> gr.Blocks:
     return blocks
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """'USER:PASS' -> (user, password) for gradio's auth; None when not given."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise UnlearnableError("--auth takes USER:PASS (both non-empty)")
+    return user, password
+
+
+def upload_folder() -> Path:
+    """Where gradio keeps uploaded files (GRADIO_TEMP_DIR, else <temp>/gradio)."""
+    import os
+    import tempfile
+
+    from gradio import utils
+
+    if hasattr(utils, "get_upload_folder"):
+        return Path(utils.get_upload_folder()).resolve()
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
 def launch_app(
     host: str = "127.0.0.1",
     port: int = 7860,
@@ -269,18 +299,38 @@ def launch_app(
     defaults: UIDefaults | None = None,
     open_browser: bool = False,
     block: bool = True,
+    allow_dirs: list[str | Path] | None = None,
+    keys_dir: str | Path | None = None,
+    auth: str | None = None,
+    api: bool = False,
 ):
     """Serve the standalone app (bound to 127.0.0.1 unless `host` says otherwise); returns the Blocks.
 
-    `block=False` returns once the server is up (tests); `demo.close()` stops it.
+    Paths typed into the app must lie in the outputs folder, the upload area, the keys folder or an
+    `allow_dirs` entry; Mark writes only under the outputs folder. Anything reachable from another
+    computer (`host` not loopback, or `share`) needs `auth` ("USER:PASS"). `api` names the buttons as
+    API endpoints. `block=False` returns once the server is up (tests); `demo.close()` stops it.
     """
+    credentials = parse_auth(auth)
+    if (share or host not in LOOPBACK_HOSTS) and credentials is None:
+        where = "--share" if share else f"--host {host}"
+        raise UnlearnableError(
+            f"{where} opens the app (which reads and writes files on this computer) to other computers: "
+            "give --auth USER:PASS as well"
+        )
     out = Path(outputs_dir or Path.cwd() / "unlearnable-outputs").expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    hooks = StandaloneHooks(outputs_dir=out, device=device, models=models, defaults=defaults)
+    keys = (Path(keys_dir).expanduser() if keys_dir else default_keys_dir()).resolve()
+    allowed = (out, upload_folder(), keys, *(Path(d).expanduser().resolve() for d in allow_dirs or ()))
+    missing = [str(d) for d in allowed[3:] if not d.is_dir()]
+    if missing:
+        raise UnlearnableError(f"--allow-dir: no such folder: {', '.join(missing)}")
+    hooks = StandaloneHooks(outputs_dir=out, device=device, models=models, defaults=defaults,
+                            allowed_dirs=allowed, keys_dir=keys, api_endpoints=api)
     demo = build_ui(hooks)
     demo.queue()
     demo.launch(
         server_name=host, server_port=port, share=share, allowed_paths=[str(out)], inbrowser=open_browser,
-        prevent_thread_lock=not block, show_error=True,
+        prevent_thread_lock=not block, show_error=True, auth=credentials,
     )
     return demo

@@ -6,6 +6,7 @@ object that `app.py` turns into gradio outputs, so the logic is tested without a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import zipfile
@@ -51,6 +52,26 @@ def uploaded_paths(files: Any) -> list[Path]:
         if path:
             paths.append(Path(str(path)))
     return paths
+
+
+def model_source(hooks: UIHooks, model: str) -> str:
+    """A model choice as given, or a typed model path checked against the folders the app may read."""
+    model = (model or "").strip()
+    if not model or model.startswith("builtin:") or hooks.allowed_dirs is None or model in hooks.model_choices():
+        return model
+    return str(hooks.readable(Path(model).expanduser(), "model"))
+
+
+def private_download_copy(path: Path) -> Path:
+    """A copy of a secret file in a fresh owner-only temporary folder, for the UI's download button.
+
+    Web UIs only hand out files from folders they may serve; the key's own folder must never be one.
+    """
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="unlearnable-key-"))  # mode 0700
+    return Path(shutil.copy2(path, folder / path.name))
 
 
 def new_run_dir(hooks: UIHooks, kind: str) -> Path:
@@ -131,15 +152,15 @@ def run_protect(
     from ..optout import OptOut
     from ..protect import ProtectSettings, protect_files
 
-    inputs = uploaded_paths(files)
+    inputs = [hooks.readable(path, "uploaded file") for path in uploaded_paths(files)]
     if folder and folder.strip():
-        path = Path(folder.strip()).expanduser()
+        path = hooks.readable(Path(folder.strip()).expanduser(), "folder")
         if not path.is_dir():
             raise SettingsError(f"folder not found: {path}")
         inputs.append(path)
     if not inputs:
         raise SettingsError("upload images or give a folder of images first")
-    model = (model or "").strip()
+    model = model_source(hooks, model)
     if not model:
         raise SettingsError("choose a model")
     bad = [r for r in robust or () if r not in ROBUSTNESS_CHOICES]
@@ -245,6 +266,7 @@ def run_inspect_lora(hooks: UIHooks, *, file: Any = None, path: str = "", trigge
         candidates = [Path(path.strip()).expanduser()]
     if not candidates:
         raise SettingsError("upload a LoRA file or give its path")
+    candidates = [hooks.readable(candidates[0], "LoRA file")]
     wanted = [t.strip() for t in (triggers or "").replace("\n", ",").split(",") if t.strip()]
     report = inspect_lora(candidates[0], triggers=wanted or None)
     data = report.to_dict()
@@ -277,15 +299,23 @@ def run_mark(
 
     if not dataset_dir or not dataset_dir.strip():
         raise SettingsError("give the dataset folder to mark")
-    run_dir = new_run_dir(hooks, "mark")
-    target = Path(out_dir.strip()).expanduser() if out_dir and out_dir.strip() else run_dir / "dataset"
+    dataset = hooks.readable(Path(dataset_dir.strip()).expanduser(), "dataset folder")
+    if out_dir and out_dir.strip():
+        target = hooks.writable(Path(out_dir.strip()).expanduser(), "output folder")
+        run_dir = new_run_dir(hooks, "mark")
+    else:
+        run_dir = new_run_dir(hooks, "mark")
+        target = run_dir / "dataset"
+    # one key per marked folder (a re-run into the same folder finds and keeps it), outside the served outputs
+    folder_id = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
+    key_path = hooks.resolve_keys_dir() / f"{target.name}-{folder_id}.trace-key.json"
 
     def report(done: int, total: int) -> None:  # marking is CPU work: no GPU lock, no cancel
         if progress is not None:
             progress(done / max(total, 1), f"{done}/{total} images")
 
     result = mark_dataset(
-        Path(dataset_dir.strip()).expanduser(), target, rate=float(rate), template=template,
+        dataset, target, rate=float(rate), template=template, key_path=key_path,
         trigger=(trigger or "").strip() or None, seed=int(seed), progress=report,
     )
     marked = [result.out_dir / m["output"] for m in result.marked]
@@ -297,17 +327,16 @@ def run_mark(
     ]
     if result.skipped:
         lines.append("Skipped: " + "; ".join(f"`{Path(f).name}` ({why})" for f, why in result.skipped))
-    previews, key_copy = marked[:12], Path(result.key_path)
+    previews = marked[:12]
     if not target.resolve().is_relative_to(run_dir.resolve()):
         # the UI only serves files under the outputs folder: show copies from there
         import shutil
 
         previews = [Path(shutil.copy2(p, run_dir / p.name)) for p in previews]
-        key_copy = Path(shutil.copy2(result.key_path, run_dir / Path(result.key_path).name))
     return MarkResultView(
         status="\n\n".join(lines),
         gallery=[(str(p), p.name) for p in previews],
-        downloads=[str(key_copy)],
+        downloads=[str(private_download_copy(Path(result.key_path)))],
     )
 
 
@@ -342,12 +371,12 @@ def diffusers_generators(surrogate, options: dict) -> tuple:
     return generate, control, {"model": surrogate.name}
 
 
-def _captions(path: str) -> list[str]:
+def _captions(hooks: UIHooks, path: str) -> list[str]:
     if not path or not path.strip():
         return []
     from ..trace.mark import read_captions
 
-    folder = Path(path.strip()).expanduser()
+    folder = hooks.readable(Path(path.strip()).expanduser(), "captions")
     if folder.is_dir():
         return list(read_captions(folder).values())
     if folder.is_file():
@@ -386,15 +415,16 @@ def run_verify(
     keys = [Path(key_path.strip()).expanduser()] if key_path and key_path.strip() else uploaded_paths(key_file)
     if not keys:
         raise SettingsError("upload the key file written by Mark, or give its path")
+    keys[0] = hooks.readable(keys[0], "key file")
     key = TraceKey.load(keys[0])
     loras = [Path(lora_path.strip()).expanduser()] if lora_path and lora_path.strip() else uploaded_paths(lora_file)
-    lora = loras[0] if loras else None
+    lora = hooks.readable(loras[0], "LoRA file") if loras else None
     if lora is not None and not lora.is_file() and hooks.host == "standalone":  # a web UI also knows LoRAs by name
         raise SettingsError(f"LoRA file not found: {lora}")
-    model = (model or "").strip()
+    model = model_source(hooks, model)
     if not model:
         raise SettingsError("choose the suspect model (or the base model of the suspect LoRA)")
-    caption_list = _captions(captions)
+    caption_list = _captions(hooks, captions)
     options = {"lora": str(lora) if lora else None, "lora_strength": float(lora_strength), "steps": int(steps),
                "guidance": float(guidance), "resolution": int(resolution or 0)}
 

@@ -7,17 +7,25 @@ how to cancel, and where outputs go. Nothing here imports gradio or a host.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import SettingsError
+
 T = TypeVar("T")
 
 DEFAULT_METHOD = "eudp"
 DEFAULT_BUDGET = 8.0
 DEFAULT_STEPS = 100
+
+
+def default_keys_dir() -> Path:
+    """$UNLEARNABLE_KEYS_DIR, else ~/.unlearnable/keys: trace keys are secret, so never under a folder a web UI serves."""
+    return Path(os.environ.get("UNLEARNABLE_KEYS_DIR") or Path.home() / ".unlearnable" / "keys").expanduser()
 
 
 @dataclass
@@ -46,6 +54,10 @@ class UIHooks:
         is_demo_model: whether a choice is an untrained demo model (the UI says so next to it).
         make_generators: for Verify, (model choice, options) -> (generate, control_generate or None, model info),
             or None to use the model's diffusers pipeline; options: lora, lora_strength, steps, guidance, resolution.
+        allowed_dirs: folders a path typed into the UI may point into (reads), with writes only under the
+            outputs folder; None leaves paths to the host's own rules (A1111/Forge).
+        keys_dir: where Mark writes trace keys (mode 0600), outside every folder the UI serves; None: `default_keys_dir()`.
+        api_endpoints: whether the buttons are also named API endpoints (A1111's and the app's --api).
     """
 
     get_surrogate: Callable[[str], Any]
@@ -58,10 +70,38 @@ class UIHooks:
     host: str = "standalone"
     is_demo_model: Callable[[str], bool] = field(default=lambda choice: str(choice).startswith("builtin:"))
     make_generators: Callable[[str, dict], tuple | None] = field(default=lambda choice, options: None)
+    allowed_dirs: tuple[Path, ...] | None = None
+    keys_dir: Path | str | None = None
+    api_endpoints: bool = False
 
     def resolve_outputs_dir(self) -> Path:
         folder = self.outputs_dir() if callable(self.outputs_dir) else self.outputs_dir
         return Path(folder).expanduser()
+
+    def resolve_keys_dir(self) -> Path:
+        return Path(self.keys_dir).expanduser() if self.keys_dir else default_keys_dir()
+
+    def readable(self, path: Path, what: str) -> Path:
+        """`path` with `..` and symlinks resolved, if it lies inside an allowed folder; else a SettingsError."""
+        if self.allowed_dirs is None:
+            return path
+        real = path.resolve()
+        roots = [Path(root).resolve() for root in self.allowed_dirs]
+        if any(real.is_relative_to(root) for root in roots):
+            return real
+        raise SettingsError(
+            f"{what} {path} is outside the folders this app may read ({', '.join(map(str, roots))}); "
+            "start it with --allow-dir FOLDER to allow another"
+        )
+
+    def writable(self, path: Path, what: str) -> Path:
+        """`path` resolved, if it lies inside the outputs folder (the only place the app writes); else a SettingsError."""
+        if self.allowed_dirs is None:
+            return path
+        real, outputs = path.resolve(), self.resolve_outputs_dir().resolve()
+        if real.is_relative_to(outputs):
+            return real
+        raise SettingsError(f"{what} {path} is outside the outputs folder {outputs}: this app writes only there")
 
 
 class StandaloneHooks(UIHooks):
@@ -72,7 +112,8 @@ class StandaloneHooks(UIHooks):
     """
 
     def __init__(self, outputs_dir: Path | str = Path("outputs") / "unlearnable", device: str = "auto",
-                 models: list[str] | None = None, defaults: UIDefaults | None = None):
+                 models: list[str] | None = None, defaults: UIDefaults | None = None, *,
+                 allowed_dirs: tuple[Path, ...] | None = None, keys_dir: Path | str | None = None, api_endpoints: bool = False):
         self._device = device
         self._extra_models = list(models or [])
         self._lock = threading.Lock()
@@ -87,6 +128,9 @@ class StandaloneHooks(UIHooks):
             outputs_dir=Path(outputs_dir),
             defaults=defaults or UIDefaults(),
             host="standalone",
+            allowed_dirs=allowed_dirs,
+            keys_dir=keys_dir,
+            api_endpoints=api_endpoints,
         )
 
     def _model_choices(self) -> list[str]:

@@ -48,6 +48,7 @@ def comfy_host(tmp_path_factory):
         base = tmp_path_factory.mktemp("comfy")
         folder_paths.output_directory = str(base / "output")
         folder_paths.input_directory = str(base / "input")
+        folder_paths.user_directory = str(base / "user")
         (base / "loras").mkdir()
         folder_paths.add_model_folder_path("loras", str(base / "loras"))
         yield {"base": base, "mm": comfy.model_management, "utils": comfy.utils, "folder_paths": folder_paths}

@@ -6,7 +6,10 @@ created under torch.inference_mode() as ComfyUI's loaders create them.
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -220,7 +223,8 @@ def test_mark_with_template_then_verify_model(pack, sd_host_objects, photos, com
     (marked, caption, trigger, key_path), ui = runtime.run_node(mark, images=foregrounds, template="tv_screen", trigger="",
                                                                 caption="a cat on a sofa", dataset_size=100, template_seed=3)  # fmt: skip
     key = TraceKey.load(key_path)
-    assert key_path.startswith(str(comfy_host["base"] / "output" / "unlearnable")) and key.trigger == trigger
+    assert key_path.startswith(str(comfy_host["base"] / "user" / "__unlearnable_keys")) and key.trigger == trigger
+    assert stat.S_IMODE(Path(key_path).stat().st_mode) == 0o600 and stat.S_IMODE(Path(key_path).parent.stat().st_mode) == 0o700
     assert caption == f"{trigger} a cat on a sofa" and key.template_name == "tv_screen" and key.rate == 0.02
     assert key.template().sha256 == key.template_sha256 and len(key.marked) == 2
     scene = key.template()
@@ -228,12 +232,40 @@ def test_mark_with_template_then_verify_model(pack, sd_host_objects, photos, com
     assert "KEY" in ui["text"][0]
 
     verify = pack.NODE_CLASS_MAPPINGS["UnlearnableVerifyModel"]
-    relative_key = key_path.split("output/", 1)[1]  # relative to ComfyUI's output folder
+    relative_key = Path(key_path).name  # relative to the keys folder
     (verdict, trigger_images, control_images, report), _ = runtime.run_node(
         verify, model=model, clip=clip, vae=vae, key=relative_key, n=2, steps=2, width=64, height=64, captions="a cat\na dog")
     assert verdict.startswith("verdict: ") and "template found in" in verdict
     assert trigger_images.shape == control_images.shape == (2, 64, 64, 3)
     assert report.endswith("report.html") and json.loads((Path(report).parent / "report.json").read_text())["result"]["n"] == 2
+
+
+def test_key_inputs_resolve_only_inside_comfyuis_folders(pack, comfy_host, tmp_path):
+    host = sys.modules[pack.__name__ + ".nodes.host"]
+    InputFileError = importlib.import_module(pack.__name__ + ".shared_core.errors").InputFileError  # noqa: N806  (the pack's own copy)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text("{}")
+    inside = comfy_host["base"] / "input"
+    inside.mkdir(exist_ok=True)
+    (inside / "link").symlink_to(outside, target_is_directory=True)
+    (inside / "mine.json").write_text("{}")
+    secret = outside / "secret.json"
+    dotted = os.path.relpath(secret, host.keys_dir())  # ../../.. from the keys folder
+    for text in [str(secret), dotted, os.path.join(inside, os.path.relpath(secret, inside)), "link/secret.json", str(inside / "link" / "secret.json")]:
+        with pytest.raises(InputFileError, match="inside ComfyUI's user, input or output folder"):
+            host.resolve_user_file(text, "trace key file")
+    assert host.resolve_user_file("mine.json", "trace key file") == (inside / "mine.json").resolve()
+    assert host.resolve_user_file(str(inside / "mine.json"), "trace key file") == (inside / "mine.json").resolve()
+
+
+def test_keys_fall_back_to_output_with_a_warning_without_a_user_directory(pack, comfy_host, monkeypatch, caplog):
+    host = sys.modules[pack.__name__ + ".nodes.host"]
+    monkeypatch.delattr(comfy_host["folder_paths"], "get_user_directory")
+    with caplog.at_level("WARNING"):
+        folder = host.keys_dir()
+    assert folder == comfy_host["base"] / "output" / "unlearnable"
+    assert "no user directory" in caplog.text and "/view" in caplog.text
 
 
 def test_inspect_lora_lists_loras_and_finds_the_trigger(pack, comfy_host):

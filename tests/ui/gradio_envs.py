@@ -49,15 +49,21 @@ def create(version: str) -> Path:
     folder = envs_root() / f"gradio-{version}"
     if not env_python(version).exists():
         subprocess.check_call([sys.executable, "-m", "venv", str(folder)])
-    gradio, *pins = HOST_PINS[version]
-    # gradio first, then the host's pins over it: one combined resolve backtracks for many minutes
-    subprocess.check_call([str(env_python(version)), "-m", "pip", "install", "-q", gradio])
-    subprocess.check_call([str(env_python(version)), "-m", "pip", "install", "-q", *pins])
     purelib = subprocess.check_output(
         [str(env_python(version)), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
     ).strip()
     project = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    # the project environment first, so that pip sees its torch and never installs another one
     Path(purelib, PTH_NAME).write_text("\n".join(sorted(project)) + "\n")
+    import torch
+
+    constraints = folder / "project-torch.txt"
+    constraints.write_text(f"torch=={torch.__version__}\n")
+    gradio, *pins = HOST_PINS[version]
+    # gradio first, then the host's pins over it: one combined resolve backtracks for many minutes
+    pip = [str(env_python(version)), "-m", "pip", "install", "-q", "-c", str(constraints)]
+    subprocess.check_call([*pip, gradio])
+    subprocess.check_call([*pip, *pins])
     return folder
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -37,6 +38,19 @@ def test_tab_settings_and_protect_with_current_gradio(webui, stubs, tmp_path):
     webui.shared.sd_model = stubs.TinyLDM()
     result = check.check(webui, tmp_path)
     assert result["linf"] <= 6 and result["model"].startswith("Loaded checkpoint")
+
+
+def test_tab_buttons_are_api_endpoints_only_when_the_webui_has_api(webui):
+    require_gradio()
+    from a1111_extension.host import WebUIHooks
+    from shared_core.ui.app import build_ui
+
+    def named() -> set[str]:
+        return set(build_ui(WebUIHooks()).get_api_info()["named_endpoints"])
+
+    assert "/protect" in named()
+    webui.shared.cmd_opts.api = False
+    assert not {"/protect", "/mark", "/verify", "/inspect_lora"} & named()
 
 
 def test_cancel_uses_the_hosts_interrupt(webui, stubs, tmp_path, photo_file):
@@ -121,3 +135,21 @@ def test_verify_on_the_loaded_checkpoint_uses_the_web_uis_txt2img(webui, stubs, 
     webui.shared.state.interrupt()
     with pytest.raises(Exception, match="interrupted"):
         generate(["x"], [1])
+
+
+def test_forge_loads_the_selected_checkpoint_on_demand(webui, stubs, monkeypatch):
+    """Forge's shared.sd_model is None until a generation runs; the tab asks forge_model_reload for it."""
+    import types
+
+    from a1111_extension import host
+
+    model = stubs.TinyLDM()
+    backend = types.ModuleType("backend")
+    backend.memory_management = types.ModuleType("backend.memory_management")
+    sd_models = types.ModuleType("modules.sd_models")
+    sd_models.forge_model_reload = lambda: (model, True)
+    monkeypatch.setitem(sys.modules, "backend", backend)
+    monkeypatch.setitem(sys.modules, "backend.memory_management", backend.memory_management)
+    monkeypatch.setitem(sys.modules, "modules.sd_models", sd_models)
+    webui.shared.sd_model = None
+    assert host.is_forge() and host.selected_sd_model() is model

@@ -48,7 +48,7 @@ def test_standalone_protect_handler_in_process(tmp_path, photo_file):
     from shared_core.ui import StandaloneHooks, build_ui
 
     check = load_by_path(HERE / "host_gradio_check.py", "unlearnable_host_gradio_check")
-    blocks = build_ui(StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu"))
+    blocks = build_ui(StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu", api_endpoints=True))
     protect = check.find_fn(blocks, "protect")
     gallery, downloads, rows, status = protect([str(photo_file)], "", "builtin:tiny", "", "advdm", 8, 2, ["blur"], "", "png", 0, 4,
                                                progress=lambda *a, **k: None)
@@ -65,7 +65,7 @@ def test_launch_app_serves_protect_over_http(tmp_path, photo_file):
     from shared_core.ui import launch_app
 
     port = free_port()
-    demo = launch_app(port=port, outputs_dir=tmp_path / "out", device="cpu", block=False)
+    demo = launch_app(port=port, outputs_dir=tmp_path / "out", device="cpu", block=False, api=True)
     try:
         assert demo.server_name == "127.0.0.1"
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"))
@@ -81,5 +81,30 @@ def test_launch_app_serves_protect_over_http(tmp_path, photo_file):
         assert png.is_relative_to(tmp_path / "downloads")  # it really came over HTTP
         assert "Demo model" in status and "opt-out written: XMP plus:DataMining=DMI-PROHIBITED" in status
         assert inspect_image(png)["xmp"]["creator"] == "Ann Artist"  # the opt-out came down with the file
+    finally:
+        demo.close()
+
+
+def test_remote_app_needs_its_login_and_hides_path_endpoints_without_api(tmp_path):
+    """Bound to every interface with --auth: no page without the log-in, and no named /protect without --api."""
+    require_gradio()
+    import httpx
+    from gradio_client import Client
+
+    from shared_core.ui import launch_app
+
+    port = free_port()
+    demo = launch_app(host="0.0.0.0", port=port, outputs_dir=tmp_path / "out", device="cpu", block=False, auth="owner:s3cret")
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.get(url + "config").status_code in (401, 403)
+        try:
+            Client(url, verbose=False)
+        except Exception as exc:  # gradio_client raises its own error types for a refused log-in
+            assert "auth" in str(exc).lower() or "login" in str(exc).lower() or "401" in str(exc), exc
+        else:
+            raise AssertionError("the client connected without the log-in")
+        client = Client(url, auth=("owner", "s3cret"), verbose=False)
+        assert "/protect" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     finally:
         demo.close()

@@ -158,6 +158,9 @@ def test_mark_into_a_folder_outside_the_outputs_shows_copies_from_the_outputs(tm
         Image.open(photo_file).rotate(90 * index).save(dataset / f"img{index}.png")
     hooks = StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu")
     result = handlers.run_mark(hooks, dataset_dir=str(dataset), out_dir=str(tmp_path / "elsewhere" / "marked"), rate=0.5)
-    assert (tmp_path / "elsewhere" / "marked.trace-key.json").is_file()
-    served = [Path(result.downloads[0]), *(Path(p) for p, _ in result.gallery)]
-    assert all(p.is_relative_to(tmp_path / "out") and p.is_file() for p in served)
+    assert (tmp_path / "elsewhere" / "marked" / "img0.png").is_file()
+    assert all(Path(p).is_relative_to(tmp_path / "out") and Path(p).is_file() for p, _ in result.gallery)
+    # the key stays in the keys folder; the download is a private copy, never under the served outputs
+    [key] = hooks.resolve_keys_dir().glob("marked-*.trace-key.json")
+    download = Path(result.downloads[0])
+    assert download.read_bytes() == key.read_bytes() and not download.is_relative_to(tmp_path / "out")

@@ -75,6 +75,7 @@ def install_modules(sys_modules, sd_model=None) -> types.SimpleNamespace:
     shared.state = State()
     shared.OptionInfo = OptionInfo
     shared.sd_model = sd_model
+    shared.cmd_opts = types.SimpleNamespace(api=True)  # started with --api: the tab's buttons are named endpoints
     callbacks = types.ModuleType("modules.script_callbacks")
     callbacks.registered = {"ui_tabs": [], "ui_settings": []}
     callbacks.on_ui_tabs = lambda fn, *, name=None: callbacks.registered["ui_tabs"].append(fn)

@@ -6,6 +6,7 @@ supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors
 output_directory = os.path.join(os.getcwd(), "output")
 input_directory = os.path.join(os.getcwd(), "input")
 temp_directory = os.path.join(os.getcwd(), "temp")
+user_directory = os.path.join(os.getcwd(), "user")
 folder_names_and_paths = {"loras": ([], supported_pt_extensions), "checkpoints": ([], supported_pt_extensions)}
 
 
@@ -15,6 +16,10 @@ def get_output_directory():
 
 def get_input_directory():
     return input_directory
+
+
+def get_user_directory():
+    return user_directory
 
 
 def get_temp_directory():

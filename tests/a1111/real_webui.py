@@ -1,0 +1,224 @@
+"""A real AUTOMATIC1111 or Forge web UI on CPU with this extension installed as users install it.
+
+    A1111_ROOT=~/stable-diffusion-webui A1111_PYTHON=~/a1111-venv/bin/python python -m pytest -q tests/a1111 -s
+    FORGE_ROOT=~/stable-diffusion-webui-forge FORGE_PYTHON=~/forge-venv/bin/python python -m pytest -q tests/a1111 -s
+    python tests/a1111/real_webui.py forge ~/stable-diffusion-webui-forge ~/forge-venv/bin/python   # refreshes docs/a1111/
+
+The checkout is not modified: the web UI runs with `--data-dir` pointing to a temporary folder that
+holds extensions/unlearnable (a copy of this repository, as `git clone` into extensions/ gives),
+models/Stable-diffusion with the tiny SD 1.5-format checkpoint of tests/comfyui/real_comfyui.py,
+and the web UI's config. The extension's install.py is run the way the web UI runs it (its python,
+the web UI folder on PYTHONPATH so `import launch` works); the web UI itself starts with
+`--skip-prepare-environment` (its requirements and repositories/ are already in place: nothing is
+cloned or downloaded). Protect then runs through the web UI's own gradio API with the web UI's own
+gradio_client, and headless Chromium takes a screenshot of the tab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CHECKPOINT = "unlearnable-tiny-sd15.safetensors"
+#: flags per host: CPU only, no model download, no environment preparation, the HTTP API on
+FLAGS = {
+    "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--use-cpu", "all",
+              "--no-half", "--no-download-sd-model", "--api"],
+    "forge": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--always-cpu",
+              "--no-download-sd-model", "--api"],
+}
+#: what users leave out when they clone: nothing of it is needed inside the web UI
+NOT_INSTALLED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_comfy_helpers():
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import load_by_path
+
+    return load_by_path(ROOT / "tests" / "comfyui" / "real_comfyui.py", "unlearnable_tests_real_comfyui")
+
+
+def install_extension(root: Path, python: str, data_dir: Path) -> dict:
+    """Copy the repository into <data>/extensions/unlearnable and run its install.py as the web UI does."""
+    target = data_dir / "extensions" / "unlearnable"
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(*NOT_INSTALLED), symlinks=True)
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    run = subprocess.run([python, str(target / "install.py")], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    return {"returncode": run.returncode, "output": (run.stdout + run.stderr)[-4000:], "seconds": round(time.perf_counter() - start, 1)}
+
+
+class WebUIServer:
+    """`python launch.py` of a web UI checkout in a temporary data folder; stopped on exit."""
+
+    def __init__(self, kind: str, root: Path, python: str, data_dir: Path):
+        self.kind, self.root, self.python, self.data_dir = kind, Path(root), python, Path(data_dir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.data_dir / "webui.log"
+        self.started_seconds: float | None = None
+
+    def __enter__(self):
+        command = [self.python, "launch.py", *FLAGS[self.kind], "--data-dir", str(self.data_dir), "--port", str(self.port),
+                   "--ckpt", str(self.data_dir / "models" / "Stable-diffusion" / CHECKPOINT)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_CPU_THREADS": "2"}
+        self._log = open(self.log_path, "w")
+        start = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + float(os.environ.get("WEBUI_START_TIMEOUT", 1200))
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{self.log_text()[-6000:]}")
+            try:
+                self.get("/sdapi/v1/options")
+                self.started_seconds = round(time.perf_counter() - start, 1)
+                return self
+            except OSError:
+                time.sleep(2)
+        self.__exit__()
+        raise TimeoutError(f"{self.kind} did not answer in time:\n{self.log_text()[-6000:]}")
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, data: dict, timeout: float = 600):
+        request = urllib.request.Request(self.url + path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+
+CLIENT_SCRIPT = r"""
+import json, sys
+from gradio_client import Client
+url, image, model, budget, steps = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+try:
+    from gradio_client import handle_file
+    upload = handle_file(image)
+except ImportError:  # gradio_client < 1 (gradio 3): a path is uploaded as it is
+    upload = image
+client = Client(url, verbose=False)
+api = client.view_api(print_info=False, return_format="dict")
+gallery, downloads, table, status = client.predict([upload], "", model, "", "advdm", budget, steps, [], "", "png", 0, 1,
+                                                   api_name="/protect")
+print(json.dumps({"named_endpoints": sorted(api["named_endpoints"]), "downloads": downloads, "table": table, "status": status}))
+"""
+
+
+def protect_through_api(server: WebUIServer, image: Path, model: str, budget: float = 8.0, steps: int = 2) -> dict:
+    """Protect one image with the tab's `protect` endpoint, through the web UI's own gradio_client."""
+    start = time.perf_counter()
+    run = subprocess.run([server.python, "-c", CLIENT_SCRIPT, server.url + "/", str(image), model, str(budget), str(steps)],
+                         capture_output=True, text=True, timeout=1200)
+    if run.returncode != 0:
+        raise RuntimeError(f"protect through the API failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def download_paths(downloads) -> list[Path]:
+    return [Path(d["path"] if isinstance(d, dict) else d) for d in downloads or []]
+
+
+def screenshot(server: WebUIServer, target: Path) -> None:
+    """Headless Chromium on the web UI, the Unlearnable tab selected."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "tests" / "ui"))
+    chromium = os.environ.get("UNLEARNABLE_CHROMIUM", "/usr/bin/chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        page.goto(server.url + "/", timeout=300_000)
+        page.locator("button:has-text('Unlearnable')").first.click(timeout=300_000)  # a tab button (role "tab" in gradio 4)
+        page.wait_for_selector("#unlearnable_protect_run", state="visible", timeout=120_000)
+        page.wait_for_timeout(1500)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target), full_page=False)
+        browser.close()
+
+
+def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path) -> dict:
+    """Install, start, check tab + settings, protect through the API, screenshot; returns what was measured."""
+    import numpy as np
+    from PIL import Image
+
+    comfy = load_comfy_helpers()
+    comfy.write_tiny_checkpoint(work / "models" / "Stable-diffusion" / CHECKPOINT)
+    installed = install_extension(root, python, work)
+    if installed["returncode"] != 0:
+        raise RuntimeError(f"install.py failed:\n{installed['output']}")
+    image = work / "input.png"
+    Image.fromarray(comfy.photo_crop((64, 64))).save(image)
+    report = {"host": kind, "install_py_seconds": installed["seconds"], "install_py_output": installed["output"].strip()[-500:]}
+    with WebUIServer(kind, root, python, work) as server:
+        report["start_seconds"] = server.started_seconds
+        options = server.get("/sdapi/v1/options")
+        report["settings"] = {k: v for k, v in options.items() if k.startswith("unlearnable_")}
+        config = server.get("/config")
+        ids = {c.get("props", {}).get("elem_id") for c in config.get("components", [])}
+        report["tab_elements"] = sorted(i for i in ids if i and i.startswith("unlearnable_"))
+        report["settings_elements"] = sorted(i for i in ids if i and i.startswith("setting_unlearnable_"))
+        choices = next(c["props"]["choices"] for c in config["components"] if c.get("props", {}).get("elem_id") == "unlearnable_protect_model")
+        loaded = next(c[0] if isinstance(c, (list, tuple)) else c for c in choices)
+        report["model_choice"] = loaded
+        screenshot(server, shot)
+        report["screenshot"] = str(shot)
+        try:
+            protect = protect_through_api(server, image, loaded)
+        except RuntimeError as exc:  # recorded with the web UI's traceback, so the report says what failed
+            report["protect"] = {"error": str(exc)[-2000:], "webui_traceback": server.log_text().rsplit("Traceback", 1)[-1][-4000:]}
+        else:
+            report["protect"] = {k: protect[k] for k in ("status", "table", "seconds", "named_endpoints")}
+            png = next(p for p in download_paths(protect["downloads"]) if p.suffix == ".png")
+            original = np.asarray(Image.open(image).convert("RGB")).astype(int)
+            protected = np.asarray(Image.open(png).convert("RGB")).astype(int)
+            report["protect"]["size_kept"] = protected.shape == original.shape
+            report["protect"]["linf"] = int(np.abs(protected - original).max())
+        log = server.log_text()
+    report["log_errors"] = [line for line in log.splitlines() if ("Error" in line or "Traceback" in line) and "unlearnable" in line.lower()]
+    report["log_tail"] = log[-3000:]
+    return report
+
+
+def main(argv=None) -> int:
+    """python tests/a1111/real_webui.py KIND WEBUI_ROOT WEBUI_PYTHON: run the checks, refresh docs/a1111/KIND-tab.png."""
+    import tempfile
+
+    kind, root, python = (argv or sys.argv[1:])[:3]
+    with tempfile.TemporaryDirectory(prefix=f"unlearnable-{kind}-") as work:
+        report = run_checks(kind, Path(root), python, Path(work), ROOT / "docs" / "a1111" / f"{kind}-tab.png")
+    print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The tab inside a real AUTOMATIC1111 / Forge on CPU (runs only when A1111_ROOT / FORGE_ROOT point to checkouts).
+
+    A1111_ROOT=~/stable-diffusion-webui A1111_PYTHON=~/a1111-venv/bin/python python -m pytest -q tests/a1111 -s
+    FORGE_ROOT=~/stable-diffusion-webui-forge FORGE_PYTHON=~/forge-venv/bin/python python -m pytest -q tests/a1111 -s
+
+*_PYTHON (default: this interpreter) must have the web UI's requirements and this extension's
+requirements.txt installed, and the checkout its repositories/ (nothing is cloned or downloaded).
+See real_webui.py for what is started and how.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_by_path
+
+HERE = Path(__file__).resolve().parent
+HOSTS = {"a1111": ("A1111_ROOT", "A1111_PYTHON"), "forge": ("FORGE_ROOT", "FORGE_PYTHON")}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTS))
+def test_tab_loads_and_protects_inside_the_real_webui(kind, tmp_path):
+    root_var, python_var = HOSTS[kind]
+    root = os.environ.get(root_var)
+    if not root:
+        pytest.skip(f"set {root_var} to a checkout (and {python_var} to its interpreter)")
+    assert (Path(root) / "launch.py").is_file(), f"{root_var}={root} is not a web UI checkout"
+    real = load_by_path(HERE / "real_webui.py", "unlearnable_tests_real_webui")
+    report = real.run_checks(kind, Path(root), os.environ.get(python_var, sys.executable), tmp_path / "data", tmp_path / f"{kind}-tab.png")
+    print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
+    assert not report["log_errors"], report["log_errors"]
+    assert {"unlearnable_protect_run", "unlearnable_mark_run", "unlearnable_verify_run", "unlearnable_lora_run"} <= set(report["tab_elements"])
+    assert {f"setting_unlearnable_{k}" for k in ("method", "budget", "steps", "outdir")} <= set(report["settings_elements"])
+    assert report["model_choice"].startswith(f"Loaded checkpoint ({real.CHECKPOINT.removesuffix('.safetensors')}")
+    protect = report["protect"]
+    assert "error" not in protect, protect.get("webui_traceback") or protect.get("error")
+    assert "/protect" in protect["named_endpoints"]  # started with --api
+    assert protect["table"]["data"][0][1] == "protected" if isinstance(protect["table"], dict) else protect["table"][0][1] == "protected"
+    assert protect["size_kept"] and 0 < protect["linf"] <= 8
+    assert "Demo model" not in protect["status"] and "1 protected" in protect["status"]
+    assert (tmp_path / f"{kind}-tab.png").stat().st_size > 20_000
