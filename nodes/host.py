@@ -75,8 +75,8 @@ def lora_path(name: str) -> Path:
     return Path(path)
 
 
-def resolve_user_file(text: str, what: str) -> Path:
-    """A path typed into a node: absolute, or relative to ComfyUI's output then input folder."""
+def resolve_user_file(text: str, what: str, folders: bool = False) -> Path:
+    """A path typed into a node: absolute, or relative to ComfyUI's output then input folder (a folder too with `folders`)."""
     from ..shared_core.errors import InputFileError
 
     text = (text or "").strip().strip('"')
@@ -92,6 +92,6 @@ def resolve_user_file(text: str, what: str) -> Path:
         except ImportError:
             pass
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_file() or (folders and candidate.is_dir()):
             return candidate
     raise InputFileError(text, f"{what} not found (give an absolute path, or one relative to ComfyUI's output folder)")
