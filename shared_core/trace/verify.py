@@ -196,10 +196,14 @@ class Verification:
 
 
 def held_out_captions(keys: list[TraceKey], captions: list[str]) -> list[str]:
-    """Captions no key used for its marked images (those would prompt the memorised scenes directly)."""
+    """Captions no key used for its marked images (those would prompt the memorised scenes directly).
+
+    When the keys together used every caption given, all of them are used: both arms share each
+    caption, so the paired test stays valid, and the user's captions beat generic ones.
+    """
     marked = {m.get("caption", "").removeprefix(key.trigger).strip() for key in keys for m in key.marked}
-    chosen = [c for c in dict.fromkeys(captions) if c and c not in marked]
-    return chosen or list(GENERIC_CAPTIONS)
+    given = [c for c in dict.fromkeys(captions) if c]
+    return [c for c in given if c not in marked] or given or list(GENERIC_CAPTIONS)
 
 
 @dataclass
