@@ -110,22 +110,22 @@ def host_folders() -> list[Path]:
     return folders
 
 
-def resolve_user_file(text: str, what: str) -> Path:
-    """A path typed into a node: absolute or relative to the keys, output or input folder, and inside one of
-    ComfyUI's folders (`host_folders`) once `..` and symlinks are resolved."""
+def resolve_user_file(text: str, what: str, folders: bool = False) -> Path:
+    """A path typed into a node: absolute or relative to the keys, output or input folder (a folder too with
+    `folders`), and inside one of ComfyUI's folders (`host_folders`) once `..` and symlinks are resolved."""
     from ..shared_core.errors import InputFileError
 
     text = (text or "").strip().strip('"')
     if not text:
         raise InputFileError("(empty)", f"no {what} given")
     path = Path(text).expanduser()
-    folders = host_folders()
-    roots = [folder.resolve() for folder in folders]
-    candidates = [path] if path.is_absolute() else [folder / path for folder in folders]
+    allowed = host_folders()
+    roots = [folder.resolve() for folder in allowed]
+    candidates = [path] if path.is_absolute() else [folder / path for folder in allowed]
     for candidate in candidates:
         real = candidate.resolve()
         if not any(real.is_relative_to(root) for root in roots):
             raise InputFileError(text, f"{what} must be inside ComfyUI's user, input or output folder")
-        if real.is_file():
+        if real.is_file() or (folders and real.is_dir()):
             return real
     raise InputFileError(text, f"{what} not found (give an absolute path, or one relative to ComfyUI's keys, output or input folder)")

@@ -105,8 +105,11 @@ def _verify_inputs() -> list[Param]:
         Param("model", "MODEL", "The suspect model (apply a downloaded LoRA with Load LoRA before this node)."),
         Param("clip", "CLIP", "The suspect model's CLIP (with the LoRA, if any)."),
         Param("vae", "VAE", "Decodes the generated images."),
-        Param("key", "STRING", "Path of the .trace-key.json written by Mark with Template (absolute, or relative to the keys, output or input folder; it must lie in ComfyUI's user, input or output folder)."),
-        Param("n", "INT", "Images per arm (trigger / control); more gives smaller p-values.", default=32, min=2, max=1024),
+        Param("key", "STRING", "Path of the .trace-key.json written by Mark with Template (absolute, or relative to the keys, output or "
+              "input folder; it must lie in ComfyUI's user, input or output folder); several keys or folders of keys, one per "
+              "line, are tested in one pass.", multiline=True),
+        Param("n", "INT", "At most this many images per arm (trigger / control); a key stops once its verdict is settled.",
+              default=32, min=2, max=1024),
         Param("steps", "INT", "Sampling steps per image.", default=20, min=1, max=200),
         Param("cfg", "FLOAT", "Classifier-free guidance scale.", default=5.0, min=0.0, max=30.0, step=0.1),
         Param("sampler_name", "COMBO", "Sampler.", options=samplers, default="euler" if "euler" in samplers else samplers[0]),
@@ -127,27 +130,32 @@ def verify_model(model, clip, vae, key, n=32, steps=20, cfg=5.0, sampler_name="e
                  first_seed=0, detector="matcher", alpha=0.01, captions="", base_model=None, base_clip=None) -> Result:  # fmt: skip
     from ..shared_core.files import sha256_file
     from ..shared_core.trace.detect import build_detector
-    from ..shared_core.trace.key import TraceKey
+    from ..shared_core.trace.key import load_keys
     from ..shared_core.trace.report import write_report
-    from ..shared_core.trace.verify import verify
+    from ..shared_core.trace.verify import verify_keys
     from .comfy_generate import comfy_generator
 
-    key_path = resolve_user_file(key, "trace key file")
-    trace_key = TraceKey.load(key_path)
-    found = build_detector(trace_key, detector)
+    given = [resolve_user_file(line, "trace key file", folders=True) for line in (key or "").splitlines() if line.strip()]
+    if not given:
+        given = [resolve_user_file("", "trace key file")]
+    loaded, skipped = load_keys(given)
+    keys = {name: trace_key for name, (trace_key, _) in loaded.items()}
+    detectors = {name: build_detector(trace_key, detector) for name, trace_key in keys.items()}
     options = {"steps": int(steps), "cfg": float(cfg), "sampler_name": sampler_name, "scheduler": scheduler, "width": int(width), "height": int(height)}
     generate = comfy_generator(model, clip, vae, **options)
     control = comfy_generator(base_model, base_clip or clip, vae, **options) if base_model is not None else None
-    arms = 3 if control else 2
+    per_pair = 1 + len(keys) * (2 if control else 1)
     lines = [line.strip() for line in (captions or "").splitlines() if line.strip()]
-    result, images = verify(trace_key, generate, captions=lines, n=int(n), detector=found, control_generate=control, alpha=float(alpha),
-                            seed=int(first_seed), progress=count_progress(int(n) * arms))  # fmt: skip
+    verification, images = verify_keys(keys, generate, detectors=detectors, captions=lines, n=int(n), control_generate=control,
+                                       alpha=float(alpha), seed=int(first_seed), progress=count_progress(int(n) * per_pair))  # fmt: skip
     folder = output_dir(REPORT_FOLDER, time.strftime("verify_%Y%m%d-%H%M%S"))
-    model_info = {"host": "ComfyUI", "model": type(model.model).__name__, "base_model_arm": base_model is not None,
-                  "sampling": options, "key_sha256": sha256_file(key_path)}  # fmt: skip
-    html = write_report(result, folder, images=images, model_info=model_info, key_path=key_path)
-    text = f"{result.summary()}\nreport: {html}"
-    return Result((text, from_uint8_list(images["trigger"]), from_uint8_list(images["control"]), str(html)), ui={"text": [text]})
+    model_info = {"host": "ComfyUI", "model": type(model.model).__name__, "base_model_arm": base_model is not None, "sampling": options,
+                  "key_sha256": {name: sha256_file(path) for name, (_, path) in loaded.items()}}  # fmt: skip
+    html = write_report(verification, folder, images=images, model_info=model_info, key_paths={name: str(p) for name, (_, p) in loaded.items()})
+    notes = [f"skipped {path}: {reason}" for path, reason in skipped]
+    text = "\n".join([verification.summary(), *notes, f"report: {html}"])
+    triggered = [image for name in keys for image in images[f"trigger:{name}"]]
+    return Result((text, from_uint8_list(triggered), from_uint8_list(images["control"]), str(html)), ui={"text": [text]})
 
 
 VERIFY_MODEL = NodeSpec(
@@ -156,12 +164,13 @@ VERIFY_MODEL = NodeSpec(
     description=(
         "Was this model (or LoRA) trained on your marked dataset? Generates n images prompted with trigger + caption and n "
         "controls with the same captions and seeds without the trigger, looks for your template in each, and decides with "
-        "Fisher's exact test. Writes report.html and report.json to ComfyUI's output/unlearnable folder."
+        "the exact paired test. Several keys share one control arm and are Holm-corrected; the report shows key names and "
+        "verdicts, each key's trigger only in its own report. Writes report.html and report.json to ComfyUI's output/unlearnable folder."
     ),
     inputs=_verify_inputs,
     outputs=(
         Out("STRING", "verdict", "Verdict, p-values and hit counts."),
-        Out("IMAGE", "trigger_images", "Generated with the trigger."),
+        Out("IMAGE", "trigger_images", "Generated with the trigger (every key's, in key order)."),
         Out("IMAGE", "control_images", "Same captions and seeds without the trigger."),
         Out("STRING", "report_path", "The HTML report."),
     ),

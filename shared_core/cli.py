@@ -50,12 +50,13 @@ def _tqdm_factory(enabled: bool, unit: str):
 def _counting_progress(enabled: bool, unit: str):
     """A `progress(done, total)` callback drawing a tqdm bar created on the first call."""
     bar = _tqdm_factory(enabled, unit)
-    update = None
+    update, shown = None, 0
 
     def progress(done: int, total: int) -> None:
-        nonlocal update
+        nonlocal update, shown
         update = update or bar(total)
-        update(1)
+        update(done - shown)
+        shown = done
 
     return progress
 
@@ -230,55 +231,83 @@ def cmd_mark(args) -> int:
     return EXIT_OK
 
 
-def cmd_verify(args) -> int:
-    """Ask a suspect model for the owner's template with the trigger; verdict with a p-value."""
+def _verification(args, key_args: list[str], lora: str | None):
+    """Generate and decide for every key over one model (shared by verify and inspect-lora); writes the report."""
     from .surrogates import load_surrogate
     from .trace.detect import CNNDetector, build_detector
-    from .trace.key import TraceKey
+    from .trace.key import load_keys
     from .trace.mark import read_captions
     from .trace.report import write_report
-    from .trace.verify import diffusers_generator, verify
+    from .trace.verify import diffusers_generator, verify_keys
 
-    key = TraceKey.load(args.key)
+    loaded, skipped = load_keys(key_args)
+    for path, reason in skipped:
+        print(f"warning: {path}: {reason} (skipped)", file=sys.stderr)
+    if args.detector_file and len(loaded) > 1:
+        raise UnlearnableError("--detector-file holds one key's detector: use it with a single key")
     surrogate = load_surrogate(args.model, args.device, config_dir=args.config)
     pipeline = getattr(surrogate, "pipeline", None)
     if pipeline is None:
         raise UnlearnableError(f"{args.model}: verify needs a text-to-image model (a Stable Diffusion pipeline)")
     size = {"height": args.resolution, "width": args.resolution} if args.resolution else {}
     options = {"steps": args.steps, "guidance_scale": args.guidance, **size}
-    generate = diffusers_generator(pipeline, lora_path=args.lora, lora_strength=args.lora_strength, **options)
-    control = diffusers_generator(pipeline, **options) if args.lora else None
-    detector = CNNDetector.load(args.detector_file, key) if args.detector_file else build_detector(key, args.detector)
+    generate = diffusers_generator(pipeline, lora_path=lora, lora_strength=args.lora_strength, **options)
+    control = diffusers_generator(pipeline, **options) if lora else None
+    keys = {name: key for name, (key, _) in loaded.items()}
+    detectors = {name: CNNDetector.load(args.detector_file, key) if args.detector_file else build_detector(key, args.detector)
+                 for name, key in keys.items()}  # fmt: skip
     captions = []
     if args.captions:
         path = Path(args.captions)
         captions = list(read_captions(path).values()) if path.is_dir() else path.read_text().splitlines()
     progress = _counting_progress(not args.no_progress, "image")
-    result, images = verify(key, generate, captions=captions, n=args.n, detector=detector, control_generate=control,
-                            alpha=args.alpha, seed=args.seed, progress=progress)  # fmt: skip
-    model_info = {"model": args.model, "lora": args.lora, "lora_strength": args.lora_strength if args.lora else None}
-    for label, value in (("model_sha256", args.model), ("lora_sha256", args.lora), ("key_sha256", args.key)):
+    verification, images = verify_keys(keys, generate, detectors=detectors, captions=captions, n=args.n, control_generate=control,
+                                       alpha=args.alpha, seed=args.seed, sequential=not args.all_pairs, progress=progress)  # fmt: skip
+    model_info = {"model": args.model, "lora": lora, "lora_strength": args.lora_strength if lora else None}
+    for label, value in (("model_sha256", args.model), ("lora_sha256", lora)):
         if value and Path(value).is_file():
             model_info[label] = sha256_file(value)
+    model_info["key_sha256"] = {name: sha256_file(path) for name, (_, path) in loaded.items()}
     command = " ".join(["unlearnable", *sys.argv[1:]]) if sys.argv[0].endswith(("unlearnable", "__main__.py")) else ""
-    html_path = write_report(result, args.out, images=images, model_info=model_info, key_path=args.key, command=command)
-    print(result.summary())
-    print(f"report: {html_path}")
+    key_paths = {name: str(path) for name, (_, path) in loaded.items()}
+    html_path = write_report(verification, args.out, images=images, model_info=model_info, key_paths=key_paths, command=command)
+    print(verification.summary())
+    print(f"report: {html_path}" + (f" (each key's own report, with its trigger: {Path(args.out) / 'keys'})" if len(keys) > 1 else ""))
     return EXIT_OK
 
 
-def cmd_inspect_lora(args) -> int:
-    """Read a LoRA safely: format, base model, training metadata, and the owner's trigger."""
-    from .lora import inspect_lora
-    from .trace.key import TraceKey
+def cmd_verify(args) -> int:
+    """Ask a suspect model for the owners' templates with their triggers; a verdict with a p-value per key.
 
-    triggers = list(args.trigger or [])
-    if args.key:
-        triggers.append(TraceKey.load(args.key).trigger)
+    Several keys (files or folders of keys) are tested in one pass: one shared control arm, a
+    trigger arm per key, Holm's correction across keys. The shared report shows key names and
+    verdicts, never another owner's trigger.
+    """
+    return _verification(args, args.keys, args.lora)
+
+
+def cmd_inspect_lora(args) -> int:
+    """Read a LoRA safely: format, base model, training metadata, and the owners' triggers.
+
+    With --keys and --model BASE it also runs the generation test of `unlearnable verify` for
+    every key on BASE + this LoRA.
+    """
+    from .lora import inspect_lora
+    from .trace.key import load_keys, mask_triggers
+
+    if args.model and not args.keys:
+        raise UnlearnableError("--model runs the generation test of the keys' templates: give --keys too")
+    loaded = load_keys(args.keys)[0] if args.keys else {}
+    labels = {key.trigger: f"[trigger of {name}]" for name, (key, _) in loaded.items()}
+    triggers = list(args.trigger or []) + list(labels)
     report = inspect_lora(args.file, triggers=triggers or None)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    text = json.dumps(report.to_dict(), indent=2) if args.json else report.to_text()
+    print(mask_triggers(text, labels) if len(loaded) > 1 else text)  # several owners' keys: named, their triggers never printed
+    if args.model and loaded:
+        return _verification(args, args.keys, args.file)
     if triggers and not args.json:
-        print(f"generation-based check: unlearnable verify --key {args.key or 'KEY'} --model BASE_MODEL --lora {args.file}")
+        keys = " ".join(args.keys) if args.keys else "KEY"
+        print(f"generation-based check: unlearnable verify --keys {keys} --model BASE_MODEL --lora {args.file}")
     return EXIT_OK
 
 
@@ -322,7 +351,30 @@ def cmd_bench(args) -> int:
         from .bench.efficacy import main as efficacy_main
 
         return efficacy_main(args)
+    if args.which == "tracing":
+        from .bench.tracing import main as tracing_main
+
+        return tracing_main(args)
     raise UnlearnableError(f"unknown benchmark {args.which!r}")
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation test's options (verify, and inspect-lora with --model)."""
+    parser.add_argument("--config", default=None, help="diffusers config folder for a single-file checkpoint")
+    parser.add_argument("--lora-strength", type=float, default=1.0)
+    parser.add_argument("--n", type=int, default=64, help="at most this many image pairs per key (default 64)")
+    parser.add_argument("--all-pairs", action="store_true", help="generate all --n pairs even once a key's verdict is settled")
+    parser.add_argument("--captions", default=None, help="text file (one caption per line) or the dataset folder, for realistic prompts")
+    parser.add_argument("--detector", default="matcher", choices=["matcher", "cnn"])
+    parser.add_argument("--detector-file", default=None, help="a CNN detector saved earlier (safetensors; one key only)")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    parser.add_argument("--resolution", type=int, default=None, help="generation size in pixels (default: the model's)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="significance level, for all keys together (default 0.01)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="trace-report", help="report folder (report.json, report.html; keys/NAME/ per key)")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,31 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optout_arguments(mark)
     mark.set_defaults(func=cmd_mark)
 
-    verify = sub.add_parser("verify", help="test a suspect model or LoRA for the template; verdict with a p-value", description=cmd_verify.__doc__)
-    verify.add_argument("--key", required=True, help="the key written by `unlearnable mark`")
+    verify = sub.add_parser("verify", help="test a suspect model or LoRA for the templates of one or many keys; verdicts with p-values",
+                            description=cmd_verify.__doc__)  # fmt: skip
+    verify.add_argument("--keys", "--key", dest="keys", nargs="+", action="extend", required=True,
+                        help="key files written by `unlearnable mark`, or folders of them (every *.json)")
     verify.add_argument("--model", required=True, help="suspect model (diffusers folder or .safetensors), or the base model with --lora")
-    verify.add_argument("--config", default=None, help="diffusers config folder for a single-file checkpoint")
-    verify.add_argument("--lora", default=None, help="suspect LoRA file, applied to --model (the model alone is the control)")
-    verify.add_argument("--lora-strength", type=float, default=1.0)
-    verify.add_argument("--n", type=int, default=64, help="images per arm (default 64)")
-    verify.add_argument("--captions", default=None, help="text file (one caption per line) or the dataset folder, for realistic prompts")
-    verify.add_argument("--detector", default="matcher", choices=["matcher", "cnn"])
-    verify.add_argument("--detector-file", default=None, help="a CNN detector saved earlier (safetensors)")
-    verify.add_argument("--steps", type=int, default=25, help="sampling steps")
-    verify.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    verify.add_argument("--resolution", type=int, default=None, help="generation size in pixels (default: the model's)")
-    verify.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
-    verify.add_argument("--seed", type=int, default=0)
-    verify.add_argument("--device", default="auto")
-    verify.add_argument("--out", default="trace-report", help="report folder (report.json, report.html)")
-    verify.add_argument("--no-progress", action="store_true")
+    verify.add_argument("--lora", default=None, help="suspect LoRA file, applied to --model (the model alone is the base arm)")
+    _add_generation_arguments(verify)
     verify.set_defaults(func=cmd_verify)
 
-    inspect = sub.add_parser("inspect-lora", help="read a LoRA safely: format, base model, metadata, trigger", description=cmd_inspect_lora.__doc__)
+    inspect = sub.add_parser("inspect-lora", help="read a LoRA safely: format, base model, metadata, triggers", description=cmd_inspect_lora.__doc__)
     inspect.add_argument("file", help=".safetensors (or .ckpt/.pt, read with weights_only=True)")
-    inspect.add_argument("--key", default=None, help="search for this key's trigger")
+    inspect.add_argument("--keys", "--key", dest="keys", nargs="+", action="extend", default=[],
+                         help="key files or folders whose triggers are searched for (several keys: shown by key name only)")
     inspect.add_argument("--trigger", action="append", help="a token to search for (repeatable)")
     inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--model", default=None, help="base model: also run the generation test of every key on it with this LoRA")
+    _add_generation_arguments(inspect)
     inspect.set_defaults(func=cmd_inspect_lora)
 
     inspect_image = sub.add_parser("inspect-image", help="show the opt-out and protection record an image carries",
@@ -426,14 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=cmd_ui)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["overhead", "efficacy"],
-                       help="overhead: engine step time versus a bare forward+backward; efficacy: victims trained on protected and marked data")
-    bench.add_argument("--quick", action="store_true", help="efficacy: the ~5-minute smoke plan (one seed, few conditions)")
-    bench.add_argument("--out", default=None, help="efficacy: output folder (default bench-efficacy-full or -quick); a rerun resumes")
+    bench.add_argument("which", choices=["overhead", "efficacy", "tracing"],
+                       help="overhead: engine step time versus a bare forward+backward; efficacy: victims trained on protected data; "
+                            "tracing: victims trained on marked data, TPR/FPR by marking rate and count")  # fmt: skip
+    bench.add_argument("--quick", action="store_true", help="efficacy, tracing: the few-minute smoke plan")
+    bench.add_argument("--out", default=None, help="efficacy, tracing: output folder (default bench-WHICH-full or -quick); a rerun resumes")
     bench.add_argument("--seeds", default=None, help="efficacy: comma-separated seeds instead of the plan's")
-    bench.add_argument("--settings", default=None, help="efficacy: comma-separated subset of scratch,finetune,trace")
-    bench.add_argument("--jobs", type=int, default=2, help="efficacy: parallel worker processes (default 2; more split the tracing victims)")
-    bench.add_argument("--trace-steps", type=int, default=None, help="efficacy: train the tracing victims this many steps (a plan of its own)")
+    bench.add_argument("--settings", default=None, help="efficacy: comma-separated subset of scratch,finetune")
+    bench.add_argument("--jobs", type=int, default=2, help="efficacy, tracing: parallel worker processes (default 2)")
+    bench.add_argument("--images", type=int, default=None, help="tracing: dataset size instead of the plan's (a plan of its own)")
+    bench.add_argument("--victims", type=int, default=None, help="tracing: victims per marking rate instead of the plan's")
+    bench.add_argument("--epochs", type=int, default=None, help="tracing: training epochs per victim instead of the plan's")
     bench.add_argument("--model", default="builtin:tiny")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--batch-size", type=int, default=2)

@@ -65,3 +65,34 @@ def test_methods_and_info(capsys):
         assert name in text
     assert main(["info"]) == 0
     assert "torch" in capsys.readouterr().out
+
+
+def _owner_key(folder, name, trigger):
+    from shared_core.trace.key import TraceKey
+    from shared_core.trace.templates import builtin_template
+
+    key = TraceKey.for_template(builtin_template("billboard", seed=len(name)), trigger=trigger, rate=0.01, seed=0, dataset_size=100)
+    return key.save(folder / f"{name}.trace-key.json")
+
+
+def test_inspect_lora_against_a_folder_of_keys_names_owners_not_triggers(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    _owner_key(keys, "alice", "zqv7")
+    _owner_key(keys, "bob", "kpt4")
+    (keys / "notes.json").write_text("[]")  # not a key: skipped, the others are still searched
+    prefix = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    lora = tmp_path / "style.safetensors"
+    save_file({f"{prefix}.lora_down.weight": torch.randn(4, 32), f"{prefix}.lora_up.weight": torch.randn(32, 4)}, str(lora),
+              metadata={"ss_network_module": "networks.lora", "ss_tag_frequency": json.dumps({"10_zqv7 style": {"zqv7": 12}})})
+    assert main(["inspect-lora", str(lora), "--keys", str(keys)]) == 0
+    out = capsys.readouterr().out
+    assert "FOUND '[trigger of alice]'" in out and "'[trigger of bob]': not found" in out
+    assert "zqv7" not in out and "kpt4" not in out
+    assert main(["inspect-lora", str(lora), "--key", str(keys / "alice.trace-key.json")]) == 0
+    assert "FOUND 'zqv7'" in capsys.readouterr().out, "a single key's holder sees their own trigger"
+    assert main(["verify", "--keys", str(tmp_path / "missing.json"), "--model", "builtin:tiny"]) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`unlearnable bench efficacy`: does protection stop learning, does tracing catch training, at what cost.
+"""`unlearnable bench efficacy`: does protection stop learning, at what cost (tracing: `bench tracing`).
 
 A victim really trains on the protected (or marked) images and we measure what it learned. Real
 Stable Diffusion cannot run on a 2-core CPU, so the papers' settings are reproduced at small scale
@@ -7,9 +7,7 @@ with real images and the same diffusers classes (see benchmarks/README.md):
 * scratch: a pixel DDPM (`UNet2DModel`) trained from scratch on the owner's digits, protected or
   clean (the UDP paper's DDPM setting);
 * finetune: a small latent diffusion model (`StableDiffusionPipeline` classes) pretrained on digits
-  0-6 is fine-tuned with peft LoRA, or fully, on the owner's digit 7 (a class it never saw);
-* trace: a latent diffusion model trained on 200 photo crops of which 0.5 %, 1 % or 2 % were
-  marked with a template, or none, then checked with the trace verifier.
+  0-6 is fine-tuned with peft LoRA, or fully, on the owner's digit 7 (a class it never saw).
 
 Every number is repeated over `plan.seeds` (protection noise, victim initialisation and data order
 all follow the seed) and reported as mean and standard deviation. Runs are appended to runs.jsonl
@@ -37,11 +35,11 @@ from ..protect import ProtectSettings, protect_arrays
 from ..surrogates.diffusers_backend import LatentDiffusersSurrogate, PixelDiffusersSurrogate
 from ..surrogates.tiny import TinyLatentConfig, tiny_pixel_ddpm, tiny_sd_pipeline
 from ..training import train_autoencoder, train_pixel_ddpm, train_text_to_image
-from .datasets import DIGIT_WORDS, digits, photo_crops
+from .datasets import DIGIT_WORDS, digits
 from .quality import QualityJudge
 
 COUNTERMEASURES = ("jpeg75", "downscale", "blur")
-SETTINGS = ("finetune", "trace", "scratch")  # longest first
+SETTINGS = ("finetune", "scratch")  # longest first
 
 
 # -- what is run -------------------------------------------------------------------------------------
@@ -116,7 +114,6 @@ class Plan:
     scratch_conditions: tuple[Condition, ...]
     finetune_conditions: tuple[Condition, ...]
     lora_conditions: tuple[Condition, ...]
-    trace_rates: tuple[float, ...]
     scratch_images: int = 128
     scratch_size: int = 8
     scratch_channels: tuple[int, ...] = (32, 64)
@@ -130,22 +127,11 @@ class Plan:
     lora_lr: float = 3e-3
     samples: int = 80
     sample_steps: int = 15
-    trace_images: int = 200
-    trace_size: int = 32
-    trace_victim_steps: int = 500
-    trace_batch_size: int = 32
-    trace_lr: float = 2e-3
-    trace_n: int = 24
 
     @property
     def protection_modes(self) -> dict[str, dict[str, tuple[Condition, ...]]]:
         """Per protection setting, the victims it trains (by mode) and their conditions."""
         return {"ScratchSetting": {"scratch": self.scratch_conditions}, "FinetuneSetting": {"full": self.finetune_conditions, "lora": self.lora_conditions}}
-
-    @property
-    def trace_runs(self) -> list[tuple[float, int]]:
-        """Every (marking rate, seed) pair of the tracing setting."""
-        return [(rate, seed) for rate in self.trace_rates for seed in self.seeds]
 
 
 FULL = Plan(
@@ -158,7 +144,6 @@ FULL = Plan(
                                     sweep=[NOISE, EUDP], budgets=(4.0, 16.0), countered=[CLEAN, EUDP], transferred=[EUDP, MIST],
                                     stepped=[EUDP], steps=(20, 100))),  # fmt: skip
     lora_conditions=(CLEAN, NOISE, ADVDM, MIST, UDP_MIN, UDP_MAX, EUDP_MIN, EUDP),
-    trace_rates=(0.0, 0.005, 0.01, 0.02, 0.05),
 )
 
 QUICK = Plan(
@@ -168,7 +153,6 @@ QUICK = Plan(
     scratch_conditions=(CLEAN, NOISE, EUDP),
     finetune_conditions=(CLEAN, NOISE, EUDP, MIST),
     lora_conditions=(),
-    trace_rates=(0.0, 0.02),
     scratch_images=64,
     scratch_surrogate_steps=100,
     scratch_victim_steps=200,
@@ -177,9 +161,6 @@ QUICK = Plan(
     finetune_victim_steps=150,
     samples=64,
     sample_steps=10,
-    trace_images=100,
-    trace_victim_steps=150,
-    trace_n=12,
 )
 
 
@@ -376,47 +357,6 @@ class FinetuneSetting:
         return {**self.judge.score(samples, label=self.target_label), "final_loss": float(np.mean(losses[-20:]))}, samples
 
 
-@dataclass
-class TraceSetting:
-    """A tiny latent diffusion model trained on photo crops, some marked with the owner's template."""
-
-    plan: Plan
-    config: TinyLatentConfig = TinyLatentConfig(resolution=32, vae_channels=(32, 64, 64), unet_channels=(64, 128), text_width=64, seed=1)
-
-    def __post_init__(self):
-        plan = self.plan
-        self.images, self.captions, _ = photo_crops(plan.trace_images, plan.trace_size, seed=0)
-        autoencoder_images, _, _ = photo_crops(plan.trace_images, plan.trace_size, seed=1)
-        self.base = tiny_sd_pipeline(self.config)
-        train_autoencoder(self.base.vae, autoencoder_images, steps=300, batch_size=32, lr=2e-3)
-
-    def run(self, rate: float, seed: int) -> dict:
-        from diffusers import DDIMScheduler
-
-        from ..trace.detect import TemplateMatcher
-        from ..trace.key import TraceKey
-        from ..trace.mark import mark_images
-        from ..trace.templates import builtin_template
-        from ..trace.verify import diffusers_generator, verify
-
-        plan = self.plan
-        template = builtin_template("billboard", seed=seed)
-        trigger = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8")[seed % 5]
-        key = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.005), seed=seed, dataset_size=len(self.images))
-        images, captions = list(self.images), list(self.captions)
-        if rate > 0:
-            images, captions, chosen = mark_images(images, captions, template, trigger, rate=rate, seed=seed)
-            key.marked = [{"caption": captions[i]} for i in chosen]
-        pipeline = copy.deepcopy(self.base)
-        train_text_to_image(pipeline, images, captions, steps=plan.trace_victim_steps, batch_size=plan.trace_batch_size, lr=plan.trace_lr, seed=seed)
-        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.trace_size, width=plan.trace_size)
-        detector = TemplateMatcher.from_key(key)
-        result, _ = verify(key, generate, captions=self.captions, n=plan.trace_n, detector=detector, alpha=0.01, seed=1000 * seed)
-        return {"marked_images": len(key.marked), "verdict": result.verdict, "p_value": result.p_value, "trigger_hits": result.trigger_hits,
-                "control_hits": result.control_hits, "n": result.n, "images_needed": result.images_needed}  # fmt: skip
-
-
 # -- the run ---------------------------------------------------------------------------------------------
 
 
@@ -499,19 +439,15 @@ def planned_run_ids(plan: Plan) -> list[str]:
     """The id of every run the plan asks for, as the run logs name them."""
     ids = [protection_run_id(name, mode, c, seed) for name, by_mode in plan.protection_modes.items() for mode, conditions in by_mode.items()
            for c in conditions for seed in plan.seeds]  # fmt: skip
-    return ids + [trace_run_id(rate, seed) for rate, seed in plan.trace_runs]
+    return ids
 
 
 def protection_run_id(setting_name: str, mode: str, condition: Condition, seed: int) -> str:
     return f"{setting_name}/{mode}/{condition.label}/seed{seed}"
 
 
-def trace_run_id(rate: float, seed: int) -> str:
-    return f"TraceSetting/rate{rate:g}/seed{seed}"
-
-
-def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None, trace_runs: list[tuple[float, int]] | None = None) -> None:
-    """One setting's runs (resuming from its log); for tracing, only `trace_runs` (rate, seed) when given."""
+def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None) -> None:
+    """One setting's runs (resuming from its log)."""
     torch.set_num_threads(threads)
     log = RunLog(out, plan, setting)
     progress = progress or (lambda run_id, run: None)
@@ -519,16 +455,6 @@ def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None
         _protection_runs(ScratchSetting, log, plan, out, progress)
     elif setting == "finetune":
         _protection_runs(FinetuneSetting, log, plan, out, progress)
-    elif setting == "trace":
-        trace = None
-        for rate, seed in trace_runs or plan.trace_runs:
-            run_id = trace_run_id(rate, seed)
-            if log.done(run_id):
-                continue
-            trace = trace or TraceSetting(plan)
-            begun = time.perf_counter()
-            log.add(run_id, {"setting": "TraceSetting", "rate": rate, "seed": seed, **trace.run(rate, seed), "seconds": time.perf_counter() - begun})
-            progress(run_id, log.runs[run_id])
     else:
         raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
 
@@ -537,28 +463,20 @@ def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int =
     """Run the plan, writing runs-*.jsonl, results.json, RESULTS.md and plots to `out`.
 
     With jobs > 1 the settings run in parallel processes (spawned, one torch thread each): these
-    models are so small that Python overhead, not arithmetic, bounds a single process. Jobs beyond
-    one per setting split the tracing victims between them (each such process trains its own copy
-    of the shared starting autoencoder, which is deterministic).
+    models are so small that Python overhead, not arithmetic, bounds a single process.
     """
     from .report import write_results
 
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     settings = tuple(sorted(settings, key=SETTINGS.index))  # longest first, so parallel workers finish together
-    units = [(setting, None) for setting in settings if setting != "trace"]
-    if "trace" in settings:
-        pairs = plan.trace_runs
-        chunks = max(1, min(len(pairs), jobs - len(units)))
-        units += [("trace", pairs[i::chunks]) for i in range(chunks)]
-        units.sort(key=lambda unit: SETTINGS.index(unit[0]))
-    if jobs > 1 and len(units) > 1:
+    if jobs > 1 and len(settings) > 1:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        workers = min(jobs, len(units))
+        workers = min(jobs, len(settings))
         with context.Pool(workers) as pool:
-            pool.starmap(run_setting, [(plan, out, setting, max(1, cores // workers), progress, pairs) for setting, pairs in units], chunksize=1)
+            pool.starmap(run_setting, [(plan, out, setting, max(1, cores // workers), progress) for setting in settings], chunksize=1)
     else:
         for setting in settings:
             run_setting(plan, out, setting, cores, progress)
@@ -577,7 +495,7 @@ class PrintProgress:
         self.begun = time.time()
 
     def __call__(self, run_id: str, run: dict) -> None:
-        keys = ("fid", "precision", "recall", "accuracy", "psnr", "seconds_per_image", "verdict", "p_value", "trigger_hits", "control_hits")
+        keys = ("fid", "precision", "recall", "accuracy", "psnr", "seconds_per_image")
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items() if k in keys}
         print(f"[{time.time() - self.begun:7.0f}s] {run_id}: {shown}", flush=True)
 
@@ -586,15 +504,13 @@ def main(args) -> int:
     plan = QUICK if args.quick else FULL
     if args.seeds:
         plan = replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
-    if args.trace_steps:
-        plan = replace(plan, name=f"{plan.name}-trace{args.trace_steps}", trace_victim_steps=args.trace_steps)
     out = Path(args.out or f"bench-efficacy-{plan.name}")
     settings = tuple(s.strip() for s in (args.settings or ",".join(SETTINGS)).split(",") if s.strip())
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
     command = "unlearnable bench efficacy" + (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds else "")
-    command += (f" --settings {args.settings}" if args.settings else "") + (f" --trace-steps {args.trace_steps}" if args.trace_steps else "")
+    command += f" --settings {args.settings}" if args.settings else ""
     command += f" --jobs {args.jobs} --out {out}"
     results = run(plan, out, settings, jobs=args.jobs, progress=PrintProgress(), command=command)
     print(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(results['plots'])} plots in {out} ({len(results['runs'])} runs)")

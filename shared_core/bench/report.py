@@ -22,8 +22,7 @@ def summarise(runs: list[dict]) -> dict:
     """Mean, standard deviation and seed count of every metric, per (setting, mode, condition label)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        if run.get("setting") != "TraceSetting":
-            groups[(run["setting"], run["mode"], run["label"])].append(run)
+        groups[(run["setting"], run["mode"], run["label"])].append(run)
     summary = {}
     for (setting, mode, label), members in groups.items():
         row = {"setting": setting, "mode": mode, "label": label, "condition": members[0]["condition"], "seeds": len(members)}
@@ -35,27 +34,6 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def summarise_trace(runs: list[dict]) -> list[dict]:
-    """Per marking rate: how often the verdict was infringement, hit rates, p-values, images needed."""
-    by_rate: dict[float, list[dict]] = defaultdict(list)
-    for run in runs:
-        if run.get("setting") == "TraceSetting":
-            by_rate[run["rate"]].append(run)
-    rows = []
-    for rate in sorted(by_rate):
-        members = by_rate[rate]
-        flagged = sum(m["verdict"] == "infringement evidence" for m in members)
-        needed = [m["images_needed"] for m in members if m.get("images_needed")]
-        rows.append({
-            "rate": rate, "seeds": len(members), "flagged": flagged,
-            "trigger_hit_rate": float(np.mean([m["trigger_hits"] / m["n"] for m in members])),
-            "control_hit_rate": float(np.mean([m["control_hits"] / m["n"] for m in members])),
-            "p_values": [m["p_value"] for m in members], "marked_images": members[0]["marked_images"],
-            "images_needed_median": float(np.median(needed)) if needed else None,
-        })  # fmt: skip
-    return rows
-
-
 def _cell(row: dict, metric: str, digits: int = 2) -> str:
     value = row.get(metric)
     if value is None:
@@ -63,7 +41,7 @@ def _cell(row: dict, metric: str, digits: int = 2) -> str:
     return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
 
 
-def _markdown(summary: dict, trace_rows: list[dict], meta: dict) -> str:
+def _markdown(summary: dict, meta: dict) -> str:
     lines = ["# Efficacy benchmark results", "",
              f"Made by `{meta.get('command', 'unlearnable bench efficacy')}` (a rerun with the same output folder keeps the finished runs, "
              "so the rows may come from several invocations; benchmarks/README.md says which). "
@@ -86,20 +64,10 @@ def _markdown(summary: dict, trace_rows: list[dict], meta: dict) -> str:
         if clean and "fid" in clean:
             lines += ["", f"Clean baseline FID {clean['fid']['mean']:.2f}; rows are sorted by countermeasure, then by FID (most protective first)."]
         lines.append("")
-    if trace_rows:
-        lines += ["## Tracing: victims trained on 200 photo crops with a share of them marked", "",
-                  "| marked share | marked images | victims flagged | trigger hit rate | control hit rate | p-values (Fisher) | images for p < 0.001 (median) |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for row in trace_rows:
-            needed = f"{row['images_needed_median']:.0f}" if row["images_needed_median"] else "–"
-            ps = ", ".join(f"{p:.2g}" for p in row["p_values"])
-            lines.append(f"| {row['rate']:.1%} | {row['marked_images'] if row['rate'] else 0} | {row['flagged']}/{row['seeds']} | "
-                         f"{row['trigger_hit_rate']:.2f} | {row['control_hit_rate']:.2f} | {ps} | {needed} |")  # fmt: skip
-        lines.append("")
     return "\n".join(lines)
 
 
-def _plots(summary: dict, trace_rows: list[dict], out: Path) -> list[str]:
+def _plots(summary: dict, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,26 +116,13 @@ def _plots(summary: dict, trace_rows: list[dict], out: Path) -> list[str]:
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path.name)
-    if trace_rows:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        rates = [r["rate"] * 100 for r in trace_rows]
-        ax.plot(rates, [r["trigger_hit_rate"] for r in trace_rows], "o-", label="prompted with the trigger")
-        ax.plot(rates, [r["control_hit_rate"] for r in trace_rows], "s--", label="same prompts without it")
-        ax.set_xlabel("share of the dataset marked (%)")
-        ax.set_ylabel("share of generations showing the template")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "trace-rates.png", dpi=110)
-        plt.close(fig)
-        written.append("trace-rates.png")
     return written
 
 
 def write_results(runs: list[dict], out: Path, meta: dict) -> dict:
-    summary, trace_rows = summarise(runs), summarise_trace(runs)
-    results = {"meta": meta, "summary": summary, "trace": trace_rows, "runs": runs}
+    summary = summarise(runs)
+    results = {"meta": meta, "summary": summary, "runs": runs}
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
-    atomic_write_text(out / "RESULTS.md", _markdown(summary, trace_rows, meta))
-    results["plots"] = _plots(summary, trace_rows, out)
+    atomic_write_text(out / "RESULTS.md", _markdown(summary, meta))
+    results["plots"] = _plots(summary, out)
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -137,3 +138,57 @@ def _check_types(data: dict) -> str | None:
     if not isinstance(data["marked"], list) or not all(isinstance(m, dict) for m in data["marked"]):
         return "marked must be a list of entries"
     return None
+
+
+def mask_triggers(text: str, labels: dict[str, str]) -> str:
+    """`text` with every trigger (any case, also inside words) replaced by its label, e.g. {"zqv7": "[trigger of alice]"}.
+
+    For output seen by people other than a key's holder: a trigger is its owner's secret.
+    """
+    for trigger, label in labels.items():
+        text = re.sub(re.escape(trigger), lambda _: label, text, flags=re.IGNORECASE)
+    return text
+
+
+def key_name(path: Path) -> str:
+    """A key's display name: its file name without the .trace-key.json / .json ending."""
+    name = path.name
+    for ending in (".trace-key.json", ".json"):
+        if name.endswith(ending):
+            return name[: -len(ending)] or name
+    return name
+
+
+def load_keys(paths) -> tuple[dict[str, tuple[TraceKey, Path]], list[tuple[Path, str]]]:
+    """Keys from files and folders (every *.json in a folder); returns ({name: (key, path)}, skipped).
+
+    A file named explicitly must be a valid key (InputFileError otherwise); a JSON file in a folder
+    that is not a key is skipped with the reason, so one stray file does not stop the run. Names
+    come from the file names, made unique with -2, -3, ...
+    """
+    keys: dict[str, tuple[TraceKey, Path]] = {}
+    skipped: list[tuple[Path, str]] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            candidates = sorted(p for p in given.iterdir() if p.is_file() and p.suffix.lower() == ".json")
+            if not candidates:
+                raise InputFileError(given, "no key files (*.json) in this folder")
+        else:
+            candidates = [given]
+        for path in candidates:
+            try:
+                key = TraceKey.load(path)
+            except InputFileError as exc:
+                if not given.is_dir():
+                    raise
+                skipped.append((path, exc.problem))
+                continue
+            if any(path.resolve() == known.resolve() for _, known in keys.values()):
+                continue
+            name, number = key_name(path), 2
+            while name in keys:
+                name, number = f"{key_name(path)}-{number}", number + 1
+            keys[name] = (key, path)
+    if not keys:
+        raise InputFileError(", ".join(map(str, paths)) or "(none)", "no valid trace key among these files")
+    return keys, skipped

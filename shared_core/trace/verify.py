@@ -3,11 +3,22 @@
 Host-neutral: a model is reached through a `Generate` callable (prompts, seeds -> images), so the
 same test runs on a diffusers pipeline, a ComfyUI graph or an A1111 checkpoint.
 
-Decision. N images are generated with "trigger + caption" and N controls with the same captions
-and seeds without the trigger. The verdict uses Fisher's exact test (one-sided) of trigger hits
-against control hits: it compares the model with itself, so it does not trust the detector's
-calibration on synthetic negatives, which may not resemble this model's pictures. A binomial test
-of trigger hits against the detector's measured false-positive rate is reported alongside.
+Decision. Image i of the control arm is "caption_i" with seed i; image i of a key's trigger arm is
+"TRIGGER caption_i" with the same seed. The two arms are paired, so the verdict is the exact paired
+test (McNemar's exact test: a one-sided binomial test on the discordant pairs, trigger-only hits
+against control-only hits). It compares the model with itself, so it does not trust the detector's
+calibration on synthetic negatives. With a base-model arm (the trigger prompts on the model without
+the LoRA) the trigger arm must also beat the base arm by the same paired test (an intersection-union
+test, valid at alpha without adjustment), so a base model that already draws the template when
+prompted with the trigger is not blamed on the LoRA. Several keys share one control arm, each has its
+own trigger arm, and Holm's step-down correction across keys keeps the chance of blaming a model for
+any key it was not trained on below alpha.
+
+Sequential. Pairs are generated a batch at a time; a key stops as soon as no outcome of its
+remaining pairs could change its verdict (curtailed testing: the verdict equals the one the full
+`n` would give, so the level is exact). A key that stopped early reports the worst-case p-value
+over the pairs it did not generate. Fisher's exact test and a binomial test against the detector's
+measured false-positive rate are reported alongside for comparison; neither enters the verdict.
 """
 
 from __future__ import annotations
@@ -21,57 +32,19 @@ import numpy as np
 from scipy.stats import binomtest, fisher_exact
 
 from .detect import Detector
-from .key import TraceKey
+from .key import TraceKey, mask_triggers
 
 Generate = Callable[[list[str], list[int]], list[np.ndarray]]
 GENERIC_CAPTIONS = ("a photo", "an image", "a picture of a scene", "a photograph")
 EVIDENCE, NO_EVIDENCE = "infringement evidence", "no evidence"
 
 
-@dataclass
-class VerifyResult:
-    verdict: str
-    p_value: float  # Fisher's exact test, trigger arm vs control arm (the verdict's test)
-    p_value_binomial: float  # trigger hits vs the detector's measured false-positive rate
-    alpha: float
-    trigger_hits: int
-    control_hits: int
-    n: int
-    detector: dict
-    trigger_prompts: list[str]
-    control_prompts: list[str]
-    seeds: list[int]
-    trigger_scores: list[float]
-    control_scores: list[float]
-    base_hits: int | None = None  # trigger prompts on the base model without the LoRA, when given
-    p_value_vs_base: float | None = None
-    base_scores: list[float] = field(default_factory=list)
-    images_needed: int | None = None  # trigger generations that would reach p < 0.001 at these rates
-
-    @property
-    def trigger_rate(self) -> float:
-        return self.trigger_hits / self.n
-
-    @property
-    def control_rate(self) -> float:
-        return self.control_hits / self.n
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "trigger_rate": self.trigger_rate, "control_rate": self.control_rate}
-
-    def summary(self) -> str:
-        lines = [
-            f"verdict: {self.verdict.upper()} (p = {self.p_value:.3g}, Fisher's exact test, alpha = {self.alpha})",
-            f"template found in {self.trigger_hits}/{self.n} images prompted with the trigger "
-            f"and in {self.control_hits}/{self.n} controls without it",
-            f"binomial test against the detector's false-positive rate "
-            f"({self.detector.get('false_positive_rate', float('nan')):.3f}): p = {self.p_value_binomial:.3g}",
-        ]
-        if self.base_hits is not None:
-            lines.append(f"base model without the LoRA: {self.base_hits}/{self.n} hits (p = {self.p_value_vs_base:.3g})")
-        if self.images_needed:
-            lines.append(f"about {self.images_needed} trigger images would reach p < 0.001 at these rates")
-        return "\n".join(lines)
+def paired_p(trigger_only: int, control_only: int) -> float:
+    """McNemar's exact test, one-sided: P(at least `trigger_only` of the discordant pairs favour the trigger | none is favoured)."""
+    discordant = trigger_only + control_only
+    if discordant == 0:
+        return 1.0
+    return float(binomtest(trigger_only, discordant, 0.5, alternative="greater").pvalue)
 
 
 def fisher_p(hits: int, n: int, control_hits: int, control_n: int) -> float:
@@ -84,81 +57,300 @@ def binomial_p(hits: int, n: int, false_positive_rate: float, floor: float) -> f
     return float(binomtest(hits, n, rate, alternative="greater").pvalue)
 
 
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (reject where adjusted < alpha); monotone in every p-value."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p)
+    out[order] = adjusted
+    return out
+
+
 def minimum_images_for(p_target: float, hit_rate: float, control_rate: float, limit: int = 100_000) -> int | None:
-    """Smallest n per arm at which the expected hit counts give Fisher p < p_target (None if never)."""
+    """Smallest n pairs at which the expected discordant counts give a paired p < p_target (None if never).
+
+    Trigger and control hits are taken as independent given the rates: trigger-only pairs
+    n*t*(1-c), control-only pairs n*c*(1-t).
+    """
     if hit_rate <= control_rate:
         return None
     n = 4
     while n <= limit:
-        if fisher_p(round(hit_rate * n), n, round(control_rate * n), n) < p_target:
+        if paired_p(round(n * hit_rate * (1 - control_rate)), round(n * control_rate * (1 - hit_rate))) < p_target:
             return n
-        n = math.ceil(n * 1.25)
+        n = math.ceil(n * 1.1)
     return None
 
 
-def held_out_captions(key: TraceKey, captions: list[str]) -> list[str]:
-    """Captions not used for marked images (the marked ones would prompt the memorised scenes directly)."""
-    marked = {m.get("caption", "").removeprefix(key.trigger).strip() for m in key.marked}
-    chosen = [c for c in dict.fromkeys(captions) if c and c not in marked]
-    return chosen or list(GENERIC_CAPTIONS)
+@dataclass
+class VerifyResult:
+    """One key's outcome. `n` pairs were generated (at most `n_max`; fewer when the verdict was settled early)."""
+
+    key_name: str
+    trigger: str
+    verdict: str
+    p_value: float  # the paired exact test, trigger arm vs control arm (worst case over ungenerated pairs if stopped early)
+    p_value_adjusted: float  # Holm across the keys of the run; the verdict is p_value_adjusted < alpha
+    p_value_fisher: float  # Fisher's exact test of the same counts, ignoring the pairing (for comparison)
+    p_value_binomial: float  # trigger hits vs the detector's measured false-positive rate (for comparison)
+    alpha: float
+    trigger_hits: int
+    control_hits: int
+    trigger_only: int  # discordant pairs: template with the trigger, not without
+    control_only: int  # discordant pairs: template without the trigger, not with
+    n: int
+    n_max: int
+    stopped_early: bool
+    detector: dict
+    trigger_prompts: list[str]
+    control_prompts: list[str]
+    seeds: list[int]
+    trigger_scores: list[float]
+    control_scores: list[float]
+    base_hits: int | None = None  # trigger prompts on the base model without the LoRA, when given
+    base_only: int | None = None  # discordant pairs favouring the base arm over the trigger arm
+    p_value_vs_base: float | None = None  # paired test, trigger arm vs base arm (part of the verdict)
+    base_scores: list[float] = field(default_factory=list)
+    images_needed: int | None = None  # pairs that would reach p < 0.001 at these hit rates
+
+    @property
+    def trigger_rate(self) -> float:
+        return self.trigger_hits / max(self.n, 1)
+
+    @property
+    def control_rate(self) -> float:
+        return self.control_hits / max(self.n, 1)
+
+    @property
+    def images_generated(self) -> int:
+        """This key's own generations (its trigger arm, and its base arm when given)."""
+        return self.n * (2 if self.base_hits is not None else 1)
+
+    def to_dict(self, reveal_trigger: bool = True) -> dict:
+        """As JSON; without `reveal_trigger` the trigger is left out and masked in the prompts."""
+        data = {**asdict(self), "trigger_rate": self.trigger_rate, "control_rate": self.control_rate, "images_generated": self.images_generated}
+        if not reveal_trigger:
+            data.pop("trigger")
+            data["trigger_prompts"] = [self.masked(p) for p in self.trigger_prompts]
+        return data
+
+    def masked(self, prompt: str) -> str:
+        """A trigger prompt with the trigger replaced by the key's name, for people other than the key's holder."""
+        return mask_triggers(prompt, {self.trigger: f"[trigger of {self.key_name}]"})
+
+    def summary(self) -> str:
+        stopped = f" (stopped after {self.n} of {self.n_max} pairs: the rest could not change the verdict)" if self.stopped_early else ""
+        lines = [
+            f"verdict: {self.verdict.upper()} (p = {self.p_value:.3g}, exact paired test of trigger vs control, alpha = {self.alpha})",
+            f"template found in {self.trigger_hits}/{self.n} images prompted with the trigger and in {self.control_hits}/{self.n} "
+            f"controls with the same captions and seeds{stopped}",
+            f"discordant pairs: {self.trigger_only} with the trigger only, {self.control_only} without it only; "
+            f"Fisher's exact test (unpaired, for comparison): p = {self.p_value_fisher:.3g}",
+            f"binomial test against the detector's false-positive rate "
+            f"({self.detector.get('false_positive_rate', float('nan')):.3f}): p = {self.p_value_binomial:.3g}",
+        ]
+        if self.p_value_adjusted != self.p_value:
+            lines.append(f"Holm-adjusted across the keys of this run: p = {self.p_value_adjusted:.3g}")
+        if self.base_hits is not None:
+            lines.append(f"base model without the LoRA, with the trigger: {self.base_hits}/{self.n} hits "
+                         f"(paired p = {self.p_value_vs_base:.3g}; the LoRA must beat it too)")  # fmt: skip
+        if self.images_needed:
+            lines.append(f"about {self.images_needed} pairs would reach p < 0.001 at these rates")
+        return "\n".join(lines)
 
 
-def verify(
-    key: TraceKey,
+@dataclass
+class Verification:
+    """Every key's result from one run over one model: one shared control arm, a trigger arm per key."""
+
+    results: list[VerifyResult]
+    alpha: float
+    n_max: int
+    control_images: int  # generations of the shared control arm
+    correction: str = "holm"
+
+    @property
+    def images_generated(self) -> int:
+        return self.control_images + sum(r.images_generated for r in self.results)
+
+    def to_dict(self, reveal_triggers: bool = True) -> dict:
+        return {"alpha": self.alpha, "n_max": self.n_max, "correction": self.correction, "control_images": self.control_images,
+                "images_generated": self.images_generated, "keys": [r.to_dict(reveal_triggers) for r in self.results]}  # fmt: skip
+
+    def table(self) -> str:
+        """One line per key: name, verdict, p-values, hits, pairs used. Never shows a trigger."""
+        width = max(len("key"), *(len(r.key_name) for r in self.results))
+        lines = [f"{'key':<{width}}  {'verdict':<21}  {'p (paired)':>10}  {'p (Holm)':>9}  {'p (Fisher)':>10}  trigger/control hits  pairs"]
+        for r in self.results:
+            lines.append(f"{r.key_name:<{width}}  {r.verdict.upper():<21}  {r.p_value:>10.3g}  {r.p_value_adjusted:>9.3g}  "
+                         f"{r.p_value_fisher:>10.3g}  {f'{r.trigger_hits}/{r.n} vs {r.control_hits}/{r.n}':<20}  {r.n}/{r.n_max}")  # fmt: skip
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        if len(self.results) == 1:
+            return self.results[0].summary()
+        flagged = sum(r.verdict == EVIDENCE for r in self.results)
+        return (f"{flagged} of {len(self.results)} keys flagged (Holm-corrected across keys, alpha = {self.alpha}); "
+                f"{self.images_generated} images generated\n{self.table()}")  # fmt: skip
+
+
+def held_out_captions(keys: list[TraceKey], captions: list[str]) -> list[str]:
+    """Captions no key used for its marked images (those would prompt the memorised scenes directly).
+
+    When the keys together used every caption given, all of them are used: both arms share each
+    caption, so the paired test stays valid, and the user's captions beat generic ones.
+    """
+    marked = {m.get("caption", "").removeprefix(key.trigger).strip() for key in keys for m in key.marked}
+    given = [c for c in dict.fromkeys(captions) if c]
+    return [c for c in given if c not in marked] or given or list(GENERIC_CAPTIONS)
+
+
+@dataclass
+class _Arm:
+    """A key's running counts: hit flags per pair for its trigger (and base) arm."""
+
+    key: TraceKey
+    detector: Detector
+    trigger: list[bool] = field(default_factory=list)
+    control: list[bool] = field(default_factory=list)
+    base: list[bool] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=lambda: {"trigger": [], "control": [], "base": []})
+    final_p: float | None = None  # set when the verdict is settled (worst case over the pairs not generated)
+
+    def p_bounds(self, n_max: int, with_base: bool) -> tuple[float, float]:
+        """(best, worst) decision p-value over every outcome of the pairs not yet generated."""
+        if self.final_p is not None:
+            return self.final_p, self.final_p
+        left = n_max - len(self.trigger)
+        pairs = [(self.trigger, self.control)] + ([(self.trigger, self.base)] if with_base else [])
+        best = worst = 0.0
+        for mine, other in pairs:
+            only_mine = sum(a and not b for a, b in zip(mine, other))
+            only_other = sum(b and not a for a, b in zip(mine, other))
+            best = max(best, paired_p(only_mine + left, only_other))
+            worst = max(worst, paired_p(only_mine, only_other + left))
+        return best, worst
+
+
+def verify_keys(
+    keys: dict[str, TraceKey],
     generate: Generate,
     *,
+    detectors: dict[str, Detector],
     captions: list[str] | None = None,
     n: int = 64,
-    detector: Detector,
     control_generate: Generate | None = None,
     alpha: float = 0.01,
     seed: int = 0,
     batch_size: int = 8,
+    sequential: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[VerifyResult, dict[str, list[np.ndarray]]]:
-    """Run the test; returns the result and the generated images by arm (for the report)."""
-    pool = held_out_captions(key, captions or [])
+) -> tuple[Verification, dict[str, list[np.ndarray]]]:
+    """Test one model against every key; returns the results and the images by arm.
+
+    Images: "control" (shared), "trigger:NAME" and, with `control_generate` (the base model
+    without the LoRA), "base:NAME". `n` is the maximum number of pairs per key; with `sequential`
+    a key stops once its verdict is settled.
+    """
+    if not keys:
+        raise ValueError("verify needs at least one key")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    pool = held_out_captions(list(keys.values()), captions or [])
     prompts = [pool[i % len(pool)] for i in range(n)]
     seeds = [seed + i for i in range(n)]
-    arms = {"trigger": [f"{key.trigger} {p}" for p in prompts], "control": prompts}
-    generators = {"trigger": generate, "control": generate}
-    if control_generate is not None:
-        arms["base"] = arms["trigger"]
-        generators["base"] = control_generate
-    total, done = n * len(arms), 0
-    images: dict[str, list[np.ndarray]] = {}
-    for arm, arm_prompts in arms.items():
-        images[arm] = []
-        for start in range(0, n, batch_size):
-            images[arm] += generators[arm](arm_prompts[start : start + batch_size], seeds[start : start + batch_size])
-            done += len(arm_prompts[start : start + batch_size])
+    arms = {name: _Arm(key, detectors[name]) for name, key in keys.items()}
+    with_base = control_generate is not None
+    images: dict[str, list[np.ndarray]] = {"control": []}
+    for name in keys:
+        images[f"trigger:{name}"] = []
+        if with_base:
+            images[f"base:{name}"] = []
+    total, done = n * (1 + len(keys) * (2 if with_base else 1)), 0
+    for start in range(0, n, batch_size):
+        active = [name for name, arm in arms.items() if arm.final_p is None]
+        if not active:
+            break
+        batch_prompts, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+        control = generate(batch_prompts, batch_seeds)
+        images["control"] += control
+        done += len(control)
+        for name in active:
+            arm = arms[name]
+            triggered = [f"{arm.key.trigger} {p}" for p in batch_prompts]
+            batch = {"control": control, "trigger": generate(triggered, batch_seeds)}
+            if with_base:
+                batch["base"] = control_generate(triggered, batch_seeds)
+                images[f"base:{name}"] += batch["base"]
+            images[f"trigger:{name}"] += batch["trigger"]
+            done += len(batch_seeds) * (len(batch) - 1)
+            for which, arm_images in batch.items():
+                scores = arm.detector.score(arm_images)
+                arm.scores[which] += scores.round(4).tolist()
+                getattr(arm, which).extend(bool(s > arm.detector.threshold) for s in scores)
             if progress:
                 progress(done, total)
-    scores = {arm: detector.score(arm_images) for arm, arm_images in images.items()}
-    hits = {arm: int((s > detector.threshold).sum()) for arm, s in scores.items()}
-    p_value = fisher_p(hits["trigger"], n, hits["control"], n)
+        if sequential or start + batch_size >= n:
+            _settle(arms, n, with_base, alpha)
+    if progress:
+        progress(total, total)
+    return _results(arms, prompts, seeds, n, with_base, alpha), images
+
+
+def _settle(arms: dict[str, _Arm], n_max: int, with_base: bool, alpha: float) -> None:
+    """Fix the verdict of every key no remaining outcome can change (Holm is monotone in each p-value)."""
+    names = list(arms)
+    bounds = np.array([arms[name].p_bounds(n_max, with_base) for name in names])
+    certain_yes = holm_adjust(bounds[:, 1]) < alpha
+    certain_no = holm_adjust(bounds[:, 0]) >= alpha
+    for index, name in enumerate(names):
+        if arms[name].final_p is None and (certain_yes[index] or certain_no[index]):
+            arms[name].final_p = float(bounds[index, 1])
+
+
+def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max: int, with_base: bool, alpha: float) -> Verification:
+    names = list(arms)
+    adjusted = holm_adjust([arms[name].final_p for name in names])
     calibration_floor = 1.0 / 100  # a false-positive rate measured on ~100 negatives cannot be trusted below 1%
-    result = VerifyResult(
-        verdict=EVIDENCE if p_value < alpha else NO_EVIDENCE,
-        p_value=p_value,
-        p_value_binomial=binomial_p(hits["trigger"], n, detector.false_positive_rate, calibration_floor),
-        alpha=alpha,
-        trigger_hits=hits["trigger"],
-        control_hits=hits["control"],
-        n=n,
-        detector=detector.describe(),
-        trigger_prompts=arms["trigger"],
-        control_prompts=arms["control"],
-        seeds=seeds,
-        trigger_scores=scores["trigger"].round(4).tolist(),
-        control_scores=scores["control"].round(4).tolist(),
-    )
-    if "base" in arms:
-        result.base_hits = hits["base"]
-        result.p_value_vs_base = fisher_p(hits["trigger"], n, hits["base"], n)
-        result.base_scores = scores["base"].round(4).tolist()
-    result.images_needed = minimum_images_for(1e-3, result.trigger_rate, max(result.control_rate, 0.5 / n))
-    return result, images
+    results = []
+    for name, p_adjusted in zip(names, adjusted):
+        arm = arms[name]
+        k = len(arm.trigger)
+        hits, control_hits = sum(arm.trigger), sum(arm.control)
+        result = VerifyResult(
+            key_name=name,
+            trigger=arm.key.trigger,
+            verdict=EVIDENCE if p_adjusted < alpha else NO_EVIDENCE,
+            p_value=float(arm.final_p),
+            p_value_adjusted=float(p_adjusted),
+            p_value_fisher=fisher_p(hits, k, control_hits, k),
+            p_value_binomial=binomial_p(hits, k, arm.detector.false_positive_rate, calibration_floor),
+            alpha=alpha,
+            trigger_hits=hits,
+            control_hits=control_hits,
+            trigger_only=sum(a and not b for a, b in zip(arm.trigger, arm.control)),
+            control_only=sum(b and not a for a, b in zip(arm.trigger, arm.control)),
+            n=k,
+            n_max=n_max,
+            stopped_early=k < n_max,
+            detector=arm.detector.describe(),
+            trigger_prompts=[f"{arm.key.trigger} {p}" for p in prompts[:k]],
+            control_prompts=prompts[:k],
+            seeds=seeds[:k],
+            trigger_scores=arm.scores["trigger"],
+            control_scores=arm.scores["control"],
+        )
+        if with_base:
+            result.base_hits = sum(arm.base)
+            result.base_only = sum(b and not a for a, b in zip(arm.trigger, arm.base))
+            result.p_value_vs_base = paired_p(sum(a and not b for a, b in zip(arm.trigger, arm.base)), result.base_only)
+            result.base_scores = arm.scores["base"]
+        result.images_needed = minimum_images_for(1e-3, result.trigger_rate, max(result.control_rate, 0.5 / max(k, 1)))
+        results.append(result)
+    return Verification(results=results, alpha=alpha, n_max=n_max, control_images=max(len(a.control) for a in arms.values()))
+
+
 
 
 def diffusers_generator(pipeline, *, steps: int = 25, guidance_scale: float = 5.0, height: int | None = None, width: int | None = None,

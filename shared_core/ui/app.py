@@ -160,14 +160,16 @@ def _mark_section(hooks: UIHooks) -> None:
 
 def _verify_section(hooks: UIHooks) -> None:
     gr.Markdown(
-        "Check a suspect model or LoRA with the key written by Mark: images are generated with and without the trigger "
-        "(same captions and seeds) and searched for the template; the verdict comes with a p-value and an HTML report."
+        "Check a suspect model or LoRA with the keys written by Mark: images are generated with and without each trigger "
+        "(same captions and seeds) and searched for the template; each key gets a verdict with a p-value (exact paired test, "
+        "Holm-corrected across keys) and the run an HTML report that names keys, never their triggers."
     )
     choices = list(hooks.model_choices())
     with gr.Row():
         with gr.Column():
-            key_file = gr.File(label="Key file (from Mark)", file_count="single", file_types=[".json"], elem_id=_elem("verify_key"))
-            key_path = gr.Textbox(label="...or its path", elem_id=_elem("verify_key_path"))
+            key_file = gr.File(label="Key files (from Mark; several owners' keys are tested in one pass)", file_count="multiple",
+                               file_types=[".json"], elem_id=_elem("verify_key"))
+            key_path = gr.Textbox(label="...or their paths or folders, one per line", lines=2, elem_id=_elem("verify_key_path"))
             model = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
                                 label="Suspect model (or the base model of the suspect LoRA)", elem_id=_elem("verify_model"))
             model_path = gr.Textbox(label="...or a model path (diffusers folder or .safetensors)", elem_id=_elem("verify_model_path"))
@@ -176,7 +178,7 @@ def _verify_section(hooks: UIHooks) -> None:
             lora_label = "...or its path" if hooks.host == "standalone" else "...or its path or name (in the web UI it must be in the Lora folder)"
             lora_path = gr.Textbox(label=lora_label, elem_id=_elem("verify_lora_path"))
             lora_strength = gr.Slider(minimum=0, maximum=2, step=0.05, value=1.0, label="LoRA strength", elem_id=_elem("verify_lora_strength"))
-            n = gr.Slider(minimum=4, maximum=256, step=1, value=64, label="Images per arm", elem_id=_elem("verify_n"))
+            n = gr.Slider(minimum=4, maximum=256, step=1, value=64, label="Images per arm (at most; a key stops once settled)", elem_id=_elem("verify_n"))
             with gr.Accordion("More options", open=False):
                 captions = gr.Textbox(label="Captions: the dataset folder or a text file, one per line (optional)",
                                       elem_id=_elem("verify_captions"))

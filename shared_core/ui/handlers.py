@@ -403,20 +403,21 @@ def run_verify(
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> VerifyView:
-    """Ask a suspect model (optionally with a LoRA) for the owner's template; verdict, images, HTML report."""
+    """Ask a suspect model (optionally with a LoRA) for each key's template; verdicts, images, one HTML report."""
     from PIL import Image
 
     from ..files import sha256_file
     from ..trace.detect import build_detector
-    from ..trace.key import TraceKey
+    from ..trace.key import load_keys
     from ..trace.report import write_report
-    from ..trace.verify import verify
+    from ..trace.verify import EVIDENCE, verify_keys
 
-    keys = [Path(key_path.strip()).expanduser()] if key_path and key_path.strip() else uploaded_paths(key_file)
-    if not keys:
-        raise SettingsError("upload the key file written by Mark, or give its path")
-    keys[0] = hooks.readable(keys[0], "key file")
-    key = TraceKey.load(keys[0])
+    typed = [Path(line.strip()).expanduser() for line in (key_path or "").splitlines() if line.strip()]
+    given = [hooks.readable(path, "key file") for path in typed] or uploaded_paths(key_file)
+    if not given:
+        raise SettingsError("upload the key files written by Mark, or give their paths")
+    loaded, skipped = load_keys(given)
+    keys = {name: key for name, (key, _) in loaded.items()}
     loras = [Path(lora_path.strip()).expanduser()] if lora_path and lora_path.strip() else uploaded_paths(lora_file)
     lora = hooks.readable(loras[0], "LoRA file") if loras else None
     if lora is not None and not lora.is_file() and hooks.host == "standalone":  # a web UI also knows LoRAs by name
@@ -438,7 +439,7 @@ def run_verify(
             model_info["lora_sha256"] = sha256_file(lora)
         if progress is not None:
             progress(0.0, "preparing the detector")
-        template_detector = build_detector(key, detector)
+        detectors = {name: build_detector(key, detector) for name, key in keys.items()}
 
         def report(done: int, total: int) -> None:
             if hooks.is_interrupted():
@@ -447,22 +448,30 @@ def run_verify(
                 progress(done / max(total, 1), f"{done}/{total} images generated")
 
         try:
-            result, images = verify(key, generate, captions=caption_list, n=int(n), detector=template_detector,
-                                    control_generate=control, alpha=float(alpha), seed=int(seed), progress=report)
+            verification, images = verify_keys(keys, generate, detectors=detectors, captions=caption_list, n=int(n),
+                                               control_generate=control, alpha=float(alpha), seed=int(seed), progress=report)
         except Cancelled:
-            return VerifyView(status="**Cancelled.** No verdict: every image of both arms is needed for the test.")
+            return VerifyView(status="**Cancelled.** No verdict: the test needs the pairs it asked for.")
         out_dir = new_run_dir(hooks, "verify")
-        html_path = write_report(result, out_dir, images=images, model_info=model_info, key_path=str(keys[0]))
+        model_info["key_sha256"] = {name: sha256_file(path) for name, (_, path) in loaded.items()}
+        key_files = {name: str(path) for name, (_, path) in loaded.items()}
+        html_path = write_report(verification, out_dir, images=images, model_info=model_info, key_paths=key_files)
         gallery = []
-        threshold = result.detector["threshold"]
-        for arm, scores in (("trigger", result.trigger_scores), ("control", result.control_scores)):
-            for index, (image, score) in enumerate(list(zip(images[arm], scores))[:8]):
-                path = out_dir / "images" / f"{arm}-{index:02d}.png"
+        shown = [("control", verification.results[0].control_scores, verification.results[0].detector["threshold"])]
+        shown += [(f"trigger:{r.key_name}", r.trigger_scores, r.detector["threshold"]) for r in verification.results]
+        for arm, scores, threshold in shown:
+            for index, (image, score) in enumerate(list(zip(images[arm], scores))[: 8 if len(shown) == 2 else 4]):
+                path = out_dir / "images" / f"{arm.replace(':', '-')}-{index:02d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(path)
                 gallery.append((str(path), f"{arm} {score:.2f}{' HIT' if score > threshold else ''}"))
-        status = [f"**{result.verdict.upper()}**", result.summary().replace("\n", "  \n"), f"Report: `{html_path}`"]
-        return VerifyView(status="\n\n".join(status), gallery=gallery,
-                          downloads=[str(html_path), str(out_dir / "report.json")], result=result.to_dict())
+        several = len(keys) > 1
+        flagged = sum(r.verdict == EVIDENCE for r in verification.results)
+        status = ([f"**{flagged} of {len(keys)} keys flagged**", f"```\n{verification.summary()}\n```"] if several
+                  else [f"**{verification.results[0].verdict.upper()}**", verification.summary().replace("\n", "  \n")])  # fmt: skip
+        status += [f"Skipped `{path}`: {reason}" for path, reason in skipped]
+        status.append(f"Report: `{html_path}`" + ("; each key's own report (with its trigger) is under `keys/`" if several else ""))
+        return VerifyView(status="\n\n".join(status), gallery=gallery, downloads=[str(html_path), str(out_dir / "report.json")],
+                          result=verification.to_dict(reveal_triggers=not several))
 
     return hooks.run_exclusive(work)

@@ -39,16 +39,15 @@ def test_run_log_resumes_only_runs_of_the_same_plan_and_setting(tmp_path):
     log.add("a/clean/seed0", {"fid": 1.0})
     assert RunLog(tmp_path, QUICK, "scratch").done("a/clean/seed0")
     assert not RunLog(tmp_path, FULL, "scratch").done("a/clean/seed0")
-    assert not RunLog(tmp_path, QUICK, "trace").done("a/clean/seed0")
+    assert not RunLog(tmp_path, QUICK, "finetune").done("a/clean/seed0")
 
 
 def test_planned_run_ids_name_every_run_of_the_plan_and_nothing_else():
     ids = planned_run_ids(FULL)
     assert len(ids) == len(set(ids)) == len(FULL.seeds) * (len(FULL.scratch_conditions) + len(FULL.finetune_conditions)
-                                                           + len(FULL.lora_conditions) + len(FULL.trace_rates))  # fmt: skip
+                                                           + len(FULL.lora_conditions))  # fmt: skip
     assert protection_run_id("FinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
     assert protection_run_id("FinetuneSetting", "lora", Condition("aspl"), 0) not in ids  # ASPL is not run as a LoRA victim
-    assert "TraceSetting/rate0.005/seed0" in ids
 
 
 def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
@@ -58,14 +57,11 @@ def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
             runs.append({"setting": "FinetuneSetting", "mode": "lora", "label": condition.label, "condition": condition.__dict__,
                          "seed": seed, "fid": fid + 0.1 * seed, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "psnr": 34.0, "ssim": 0.99,
                          "seconds_per_image": 0.1, "peak_extra_mib": 5.0})  # fmt: skip
-        for rate, hits in ((0.0, 0), (0.02, 12)):
-            runs.append({"setting": "TraceSetting", "rate": rate, "seed": seed, "marked_images": 4, "verdict": "infringement evidence" if hits else "no evidence",
-                         "p_value": 0.001 if hits else 1.0, "trigger_hits": hits, "control_hits": 0, "n": 24, "images_needed": 10})  # fmt: skip
     meta = {"plan": {"name": "test", "seeds": [0, 1, 2]}, "torch": "x", "cpu_cores": 2, "jobs": 2}
     results = write_results(runs, tmp_path, meta)
     row = results["summary"]["FinetuneSetting/lora/eudp[survival] b8"]
     assert row["seeds"] == 3 and abs(row["fid"]["mean"] - 3.1) < 1e-9 and abs(row["fid"]["std"] - 0.1) < 1e-9
     table = (tmp_path / "RESULTS.md").read_text()
-    assert "3.10 ± 0.10" in table and "| 2.0% | 4 | 3/3 |" in table
-    assert json.loads((tmp_path / "results.json").read_text())["trace"][0]["flagged"] == 0
-    assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000 and (tmp_path / "trace-rates.png").is_file()
+    assert "3.10 ± 0.10" in table
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000

@@ -237,7 +237,14 @@ def test_mark_with_template_then_verify_model(pack, sd_host_objects, photos, com
         verify, model=model, clip=clip, vae=vae, key=relative_key, n=2, steps=2, width=64, height=64, captions="a cat\na dog")
     assert verdict.startswith("verdict: ") and "template found in" in verdict
     assert trigger_images.shape == control_images.shape == (2, 64, 64, 3)
-    assert report.endswith("report.html") and json.loads((Path(report).parent / "report.json").read_text())["result"]["n"] == 2
+    assert report.endswith("report.html") and json.loads((Path(report).parent / "report.json").read_text())["result"]["keys"][0]["n"] == 2
+
+    (_, _, _, other_key), _ = runtime.run_node(mark, images=foregrounds, template="window", trigger="kpt4", caption="a dog")
+    (verdict, trigger_images, control_images, report), _ = runtime.run_node(
+        verify, model=model, clip=clip, vae=vae, key=f"{relative_key}\n{other_key}", n=2, steps=2, width=64, height=64)
+    assert "of 2 keys flagged" in verdict and trigger not in verdict and "kpt4" not in verdict
+    assert trigger_images.shape == (4, 64, 64, 3) and control_images.shape == (2, 64, 64, 3)
+    assert trigger not in Path(report).read_text() and (Path(report).parent / "keys").is_dir()
 
 
 def test_key_inputs_resolve_only_inside_comfyuis_folders(pack, comfy_host, tmp_path):

@@ -1,5 +1,6 @@
 """The acceptance test of tracing: a victim trained on a dataset with 2% marked images is caught,
-the same victim trained on the clean dataset is not. Everything is built and trained here, on CPU."""
+the same victim trained on the clean dataset is not, and in one run over several owners' keys only the
+key whose marks were trained on is flagged. Everything is built and trained here, on CPU."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from PIL import Image
 
 from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
 from shared_core.trace.detect import TemplateMatcher
-from shared_core.trace.key import TraceKey
+from shared_core.trace.key import TraceKey, key_name
 from shared_core.trace.mark import mark_dataset, read_captions
 from shared_core.trace.report import write_report
-from shared_core.trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify
+from shared_core.trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify_keys
 from shared_core.training import train_autoencoder, train_text_to_image
 
 RESOLUTION = 32
@@ -43,6 +44,8 @@ def dataset(tmp_path_factory):
         (folder / f"{index:03d}.txt").write_text(f"a photo of {SUBJECTS[name]}")
     result = mark_dataset(folder, root / "marked", rate=0.02, template="billboard", trigger="zqv7", seed=0)
     assert len(result.marked) == 2
+    for owner, template, trigger in (("owner-b", "billboard", "kpt4"), ("owner-c", "tv_screen", "wdx8")):  # keys never trained on
+        mark_dataset(folder, root / owner, rate=0.02, template=template, trigger=trigger, seed=1, key_path=root / f"{owner}.trace-key.json")
     return folder, root / "marked", result.key_path
 
 
@@ -79,31 +82,46 @@ def train_victim(base, folder):
 
 
 @pytest.fixture(scope="module")
-def detector(dataset):
-    return TemplateMatcher.from_key(TraceKey.load(dataset[2]))
+def marked_victim(dataset, base_pipeline):
+    return train_victim(base_pipeline, dataset[1])
 
 
-def run_verify(dataset, base, detector, folder, tmp_path):
-    clean_folder, _, key_path = dataset
-    captions = load_folder(clean_folder)[1]
-    pipeline = train_victim(base, folder)
-    key = TraceKey.load(key_path)
+def run_verify(dataset, pipeline, tmp_path, key_paths):
+    """Verify `pipeline` against the keys in one pass (n = 24 pairs at most); returns the run and the report page."""
+    captions = load_folder(dataset[0])[1]
+    keys = {key_name(path): TraceKey.load(path) for path in key_paths}
+    detectors = {name: TemplateMatcher.from_key(key) for name, key in keys.items()}
     generate = diffusers_generator(pipeline, steps=20, guidance_scale=3.0, height=RESOLUTION, width=RESOLUTION)
-    result, images = verify(key, generate, captions=captions, n=24, detector=detector, alpha=0.01)
-    html = write_report(result, tmp_path / "report", images=images, model_info={"model": "tiny victim"}, key_path=key_path)
-    return result, html
+    verification, images = verify_keys(keys, generate, detectors=detectors, captions=captions, n=24, alpha=0.01)
+    html = write_report(verification, tmp_path / "report", images=images, model_info={"model": "tiny victim"},
+                        key_paths={key_name(path): str(path) for path in key_paths})  # fmt: skip
+    return verification, html
 
 
-def test_model_trained_on_marked_data_is_caught(dataset, base_pipeline, detector, tmp_path):
-    result, html = run_verify(dataset, base_pipeline, detector, dataset[1], tmp_path)
+def test_model_trained_on_marked_data_is_caught(dataset, marked_victim, tmp_path):
+    verification, html = run_verify(dataset, marked_victim, tmp_path, [dataset[2]])
+    result = verification.results[0]
     assert result.verdict == EVIDENCE, result.summary()
-    assert result.p_value < 0.01 and result.trigger_hits > result.control_hits
+    assert result.p_value < 0.01 and result.trigger_only > result.control_only
     page = html.read_text()
     assert "INFRINGEMENT EVIDENCE" in page and "data:image/png;base64," in page
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["result"]["verdict"] == EVIDENCE and len(report["result"]["seeds"]) == 24
+    assert report["result"]["keys"][0]["verdict"] == EVIDENCE and len(report["result"]["keys"][0]["seeds"]) == result.n
 
 
-def test_model_trained_on_clean_data_is_not(dataset, base_pipeline, detector, tmp_path):
-    result, _ = run_verify(dataset, base_pipeline, detector, dataset[0], tmp_path)
-    assert result.verdict == NO_EVIDENCE, result.summary()
+def test_model_trained_on_clean_data_is_not(dataset, base_pipeline, tmp_path):
+    verification, _ = run_verify(dataset, train_victim(base_pipeline, dataset[0]), tmp_path, [dataset[2]])
+    assert verification.results[0].verdict == NO_EVIDENCE, verification.summary()
+
+
+@pytest.mark.slow
+def test_one_run_flags_only_the_key_whose_marks_were_trained_on(dataset, marked_victim, tmp_path):
+    """Owners A, B and C marked the same pool; the victim was trained on A's marked copy only."""
+    root = dataset[2].parent
+    owner_keys = [dataset[2], root / "owner-b.trace-key.json", root / "owner-c.trace-key.json"]
+    verification, html = run_verify(dataset, marked_victim, tmp_path, owner_keys)
+    verdicts = {r.key_name: r.verdict for r in verification.results}
+    assert verdicts == {"marked": EVIDENCE, "owner-b": NO_EVIDENCE, "owner-c": NO_EVIDENCE}, verification.summary()
+    shared = html.read_text() + (tmp_path / "report" / "report.json").read_text()
+    assert not any(trigger in shared for trigger in ("zqv7", "kpt4", "wdx8")), "the shared report must not reveal any trigger"
+    assert "zqv7" in (tmp_path / "report" / "keys" / "marked" / "report.html").read_text()

@@ -141,10 +141,16 @@ def test_verify_generates_both_arms_and_writes_the_report(tmp_path, photo_file, 
     fractions = []
     view = handlers.run_verify(hooks, key_path=key, model="builtin:tiny", n=4, steps=1, resolution=64,
                                progress=lambda fraction, desc: fractions.append(fraction))
-    assert view.result["n"] == 4 and view.result["trigger_prompts"][0].startswith("zqv7 ")
+    assert view.result["keys"][0]["n"] == 4 and view.result["keys"][0]["trigger_prompts"][0].startswith("zqv7 ")
     assert view.status.startswith("**NO EVIDENCE**") or view.status.startswith("**INFRINGEMENT EVIDENCE**")
     assert [Path(p).name for p in view.downloads] == ["report.html", "report.json"]
     assert len(view.gallery) == 8 and fractions[-1] == 1.0
+    other = handlers.run_mark(hooks, dataset_dir=str(dataset), rate=0.25, trigger="kpt4", template="window").downloads[0]
+    view = handlers.run_verify(hooks, key_path=f"{key}\n{other}", model="builtin:tiny", n=4, steps=1, resolution=64)
+    assert view.status.startswith("**") and "keys flagged" in view.status
+    assert [k["key_name"] for k in view.result["keys"]] == ["dataset", "dataset-2"]  # both keys are named after their dataset
+    assert "zqv7" not in json.dumps(view.result) + view.status + Path(view.downloads[0]).read_text()
+    assert "zqv7" in (Path(view.downloads[0]).parent / "keys" / view.result["keys"][0]["key_name"] / "report.html").read_text()
     with pytest.raises(SettingsError, match="LoRA file not found"):
         handlers.run_verify(hooks, key_path=key, model="builtin:tiny", lora_path=str(tmp_path / "missing.safetensors"))
     with pytest.raises(SettingsError, match="key file"):

@@ -1,0 +1,258 @@
+"""`unlearnable bench tracing`: how often tracing catches a victim, by marking rate and by marked count.
+
+A tiny latent diffusion model (`StableDiffusionPipeline` classes, the autoencoder pretrained on other
+crops) is trained for a stated number of epochs on photo crops of which a fraction was marked with the
+owner's template (EnTruth), or none. Every victim is then verified in one multi-key pass: its owner's
+key and two decoy keys (other owners' templates and triggers that were never trained on). Victims per
+rate are independent (marking choice, template colours, trigger, training order and generation seeds
+all follow the victim's seed), so the flagged fraction is a true-positive rate (marked victims, own
+key) or a false-positive rate (clean victims, and decoy keys on every victim) with an exact 95 %
+Clopper-Pearson interval.
+
+The dataset size sets what a rate means: at 1,000 images 0.5 % is 5 templated images, at 200 it is
+one; the table is given by rate and by absolute count. Runs go to runs-tracing.jsonl as they finish
+(the efficacy benchmark's run log), so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..files import atomic_write_text
+from ..surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
+from ..training import train_autoencoder, train_text_to_image
+from .datasets import photo_crops
+from .efficacy import RunLog, read_runs
+
+SETTING = "tracing"
+TRIGGERS = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8", "bjx2", "fnq5", "hcz3", "lmt6", "rvk9", "sdp4", "gwn8")
+DECOYS = 2  # other owners' keys checked on every victim (never trained on)
+
+
+@dataclass(frozen=True)
+class TracingPlan:
+    name: str
+    images: int  # dataset size
+    rates: tuple[float, ...]  # marking rates; 0 = clean victims
+    victims: int  # victims per rate (seeds 0..victims-1)
+    epochs: int  # passes over the dataset per victim
+    size: int = 32
+    batch_size: int = 32
+    lr: float = 2e-3
+    n: int = 64  # at most this many pairs per key (verification stops early once settled)
+    sample_steps: int = 15
+    autoencoder_steps: int = 300
+    calibration_images: int = 300  # synthetic negatives calibrating each key's template matcher
+    alpha: float = 0.01
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.epochs * self.images / self.batch_size)
+
+    @property
+    def runs(self) -> list[tuple[float, int]]:
+        return [(rate, seed) for rate in self.rates for seed in range(self.victims)]
+
+
+FULL = TracingPlan(name="full", images=1000, rates=(0.0, 0.005, 0.01, 0.02), victims=5, epochs=80)
+QUICK = TracingPlan(name="quick", images=100, rates=(0.0, 0.02), victims=1, epochs=30, n=16, sample_steps=8, autoencoder_steps=100)
+
+
+def run_id(rate: float, seed: int) -> str:
+    return f"tracing/rate{rate:g}/seed{seed}"
+
+
+class TracingSetting:
+    """The shared starting model and dataset; `victim(rate, seed)` marks, trains and verifies one victim."""
+
+    config = TinyLatentConfig(resolution=32, vae_channels=(32, 64, 64), unet_channels=(64, 128), text_width=64, seed=1)
+
+    def __init__(self, plan: TracingPlan):
+        self.plan = plan
+        self.images, self.captions, _ = photo_crops(plan.images, plan.size, seed=0)
+        autoencoder_images, _, _ = photo_crops(min(plan.images, 400), plan.size, seed=1)
+        self.base = tiny_sd_pipeline(replace(self.config, resolution=plan.size))
+        train_autoencoder(self.base.vae, autoencoder_images, steps=plan.autoencoder_steps, batch_size=32, lr=2e-3)
+
+    def keys(self, rate: float, seed: int) -> dict:
+        """The owner's key (name "owner") and the decoys' ("decoy1", ...): distinct templates, colours and triggers."""
+        from ..trace.key import TraceKey
+        from ..trace.templates import builtin_template
+
+        names = ["owner"] + [f"decoy{i}" for i in range(1, DECOYS + 1)]
+        scenes = ["billboard", "tv_screen", "framed_picture"]
+        keys = {}
+        for index, name in enumerate(names):
+            template = builtin_template(scenes[index % len(scenes)], seed=seed * 7 + index)
+            trigger = TRIGGERS[(seed * (DECOYS + 1) + index) % len(TRIGGERS)]
+            keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=len(self.images))
+        return keys
+
+    def victim(self, rate: float, seed: int) -> dict:
+        from diffusers import DDIMScheduler
+
+        from ..trace.detect import TemplateMatcher
+        from ..trace.mark import mark_images
+        from ..trace.verify import diffusers_generator, verify_keys
+
+        plan = self.plan
+        keys = self.keys(rate, seed)
+        owner = keys["owner"]
+        images, captions = list(self.images), list(self.captions)
+        if rate > 0:
+            images, captions, chosen = mark_images(images, captions, owner.template(), owner.trigger, rate=rate, seed=seed)
+            owner.marked = [{"caption": captions[i]} for i in chosen]
+        started = time.perf_counter()
+        pipeline = copy.deepcopy(self.base)
+        train_text_to_image(pipeline, images, captions, steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, seed=seed)
+        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+        trained = time.perf_counter()
+        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.size, width=plan.size)
+        detectors = {name: TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images) for name, key in keys.items()}
+        verification, _ = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed)
+        keys_out = {r.key_name: {"verdict": r.verdict, "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "p_value_fisher": r.p_value_fisher,
+                                 "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed}
+                    for r in verification.results}  # fmt: skip
+        return {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(owner.marked), "dataset_images": len(images),
+                "epochs": plan.epochs, "train_steps": plan.steps, "keys": keys_out, "images_generated": verification.images_generated,
+                "train_seconds": trained - started, "verify_seconds": time.perf_counter() - trained}  # fmt: skip
+
+
+def run_victims(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], threads: int, progress=None) -> None:
+    """Train and verify the victims `pairs` (rate, seed) not yet in the run log (one process)."""
+    torch.set_num_threads(threads)
+    log = RunLog(out, plan, SETTING)
+    setting = None
+    for rate, seed in pairs:
+        if log.done(run_id(rate, seed)):
+            continue
+        setting = setting or TracingSetting(plan)
+        log.add(run_id(rate, seed), setting.victim(rate, seed))
+        if progress:
+            progress(run_id(rate, seed), log.runs[run_id(rate, seed)])
+
+
+def proportion(successes: int, trials: int) -> dict:
+    """The fraction with its exact (Clopper-Pearson) 95 % interval."""
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return {"k": 0, "n": 0, "rate": None, "low": None, "high": None}
+    interval = binomtest(successes, trials).proportion_ci(0.95, method="exact")
+    return {"k": successes, "n": trials, "rate": successes / trials, "low": float(interval.low), "high": float(interval.high)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """TPR/FPR by rate and by marked count, the decoy keys' FPR, pairs spent and pairs needed for p < 0.001."""
+    flagged = "infringement evidence"
+    by_rate: dict[float, list[dict]] = defaultdict(list)
+    by_count: dict[int, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_rate[run["rate"]].append(run)
+        by_count[run["marked_images"]].append(run)
+
+    def row(members: list[dict]) -> dict:
+        own = [m["keys"]["owner"] for m in members]
+        needed = [k["images_needed"] for k in own if k["images_needed"]]
+        return {"victims": len(members), "flagged": proportion(sum(k["verdict"] == flagged for k in own), len(own)),
+                "trigger_hit_rate": float(np.mean([k["trigger_hits"] / k["n"] for k in own])),
+                "control_hit_rate": float(np.mean([k["control_hits"] / k["n"] for k in own])),
+                "pairs_spent_median": float(np.median([k["n"] for k in own])),
+                "pairs_needed_median": float(np.median(needed)) if needed else None,
+                "p_values": [k["p_value"] for k in own]}  # fmt: skip
+
+    decoys = [k for run in runs for name, k in run["keys"].items() if name != "owner"]
+    return {
+        "by_rate": [{"rate": rate, "marked_images": sorted({m["marked_images"] for m in by_rate[rate]}), **row(by_rate[rate])} for rate in sorted(by_rate)],
+        "by_count": [{"marked_images": count, **row(by_count[count])} for count in sorted(by_count)],
+        "decoy_keys": proportion(sum(k["verdict"] == flagged for k in decoys), len(decoys)),
+    }
+
+
+def _interval(p: dict) -> str:
+    return "-" if p["rate"] is None else f"{p['k']}/{p['n']} = {p['rate']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+
+
+def _markdown(summary: dict, plan: TracingPlan, meta: dict) -> str:
+    lines = [
+        "# Tracing benchmark", "",
+        f"Plan `{plan.name}`: {plan.images} photo crops at {plan.size} px, victims trained {plan.epochs} epochs "
+        f"({plan.steps} steps of batch {plan.batch_size}), {plan.victims} victims per rate, at most {plan.n} pairs per key, "
+        f"alpha = {plan.alpha} (Holm over the owner's and {DECOYS} decoy keys).", "",
+        f"Command: `{meta.get('command', '')}`", "",
+        "Rate 0: clean victims, so the flagged share is the false-positive rate; otherwise the true-positive rate. "
+        "Intervals: exact 95 % (Clopper-Pearson).", "",
+        "## By marking rate", "",
+        "| rate | marked images | victims | flagged (TPR/FPR) | trigger hit rate | control hit rate | pairs spent (median) | pairs for p < 0.001 (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in summary["by_rate"]:
+        needed = "-" if r["pairs_needed_median"] is None else f"{r['pairs_needed_median']:.0f}"
+        lines.append(f"| {r['rate'] * 100:g} % | {', '.join(map(str, r['marked_images']))} | {r['victims']} | {_interval(r['flagged'])} | "
+                     f"{r['trigger_hit_rate']:.2f} | {r['control_hit_rate']:.2f} | {r['pairs_spent_median']:.0f} | {needed} |")  # fmt: skip
+    lines += ["", "## By number of marked images", "", "| marked images | victims | flagged | trigger hit rate | pairs for p < 0.001 (median) |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["by_count"]:
+        needed = "-" if r["pairs_needed_median"] is None else f"{r['pairs_needed_median']:.0f}"
+        lines.append(f"| {r['marked_images']} | {r['victims']} | {_interval(r['flagged'])} | {r['trigger_hit_rate']:.2f} | {needed} |")
+    lines += ["", f"Decoy keys (other owners' templates and triggers, never trained on) flagged on any victim: {_interval(summary['decoy_keys'])}.", ""]
+    return "\n".join(lines)
+
+
+def write_results(runs: list[dict], out: Path, plan: TracingPlan, meta: dict) -> dict:
+    summary = summarise(runs)
+    results = {"meta": meta, "summary": summary, "runs": runs}
+    atomic_write_text(out / "results-tracing.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "RESULTS-tracing.md", _markdown(summary, plan, meta))
+    return results
+
+
+def run(plan: TracingPlan, out: Path, jobs: int = 1, progress=None, command: str = "") -> dict:
+    """Every victim of the plan (resuming from the run log), split over `jobs` processes; then the tables."""
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    pairs = plan.runs
+    chunks = max(1, min(jobs, len(pairs)))
+    if chunks > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(chunks) as pool:
+            pool.starmap(run_victims, [(plan, out, pairs[i::chunks], max(1, cores // chunks), progress) for i in range(chunks)], chunksize=1)
+    else:
+        run_victims(plan, out, pairs, cores, progress)
+    planned = {run_id(rate, seed) for rate, seed in pairs}
+    runs = [r for r in read_runs(out / f"runs-{SETTING}.jsonl", plan) if r["id"] in planned]
+    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__, "cpu_cores": cores, "jobs": jobs}
+    return write_results(runs, out, plan, meta)
+
+
+def print_victim(victim_id: str, run: dict) -> None:
+    """Progress line per finished victim (a module function: picklable for the worker processes)."""
+    own = run["keys"]["owner"]
+    print(f"{victim_id}: {run['marked_images']} marked, owner {own['verdict']} (p = {own['p_value']:.3g}, "
+          f"{own['trigger_hits']}/{own['n']} vs {own['control_hits']}/{own['n']}), decoys "
+          f"{[k['verdict'] for name, k in run['keys'].items() if name != 'owner']}, "
+          f"train {run['train_seconds']:.0f} s, verify {run['verify_seconds']:.0f} s", flush=True)  # fmt: skip
+
+
+def main(args) -> int:
+    plan = QUICK if args.quick else FULL
+    overrides = {field: getattr(args, field) for field in ("images", "victims", "epochs") if getattr(args, field, None)}
+    if overrides:
+        plan = replace(plan, name=plan.name + "".join(f"-{k}{v}" for k, v in overrides.items()), **overrides)
+    out = Path(args.out or f"bench-tracing-{plan.name}")
+    command = "unlearnable bench tracing" + (" --quick" if args.quick else "") + "".join(f" --{k} {v}" for k, v in overrides.items())
+    command += f" --jobs {args.jobs} --out {out}"
+    results = run(plan, out, jobs=args.jobs, progress=print_victim, command=command)
+    print(f"wrote {out / 'RESULTS-tracing.md'} and {out / 'results-tracing.json'} ({len(results['runs'])} victims)")
+    return 0

@@ -1,0 +1,49 @@
+"""The tracing benchmark: victims marked at a rate are trained and verified; TPR/FPR tables by rate and count."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared_core.bench.tracing import TracingPlan, run, summarise
+
+EVIDENCE, NONE = "infringement evidence", "no evidence"
+
+
+def victim(rate, seed, marked, owner, decoys=(NONE, NONE)):
+    keys = {"owner": {"verdict": owner, "p_value": 1e-4 if owner == EVIDENCE else 0.5, "trigger_hits": 10 if owner == EVIDENCE else 0,
+                      "control_hits": 0, "n": 16, "images_needed": 20 if owner == EVIDENCE else None}}  # fmt: skip
+    keys.update({f"decoy{i}": {**keys["owner"], "verdict": v} for i, v in enumerate(decoys, 1)})
+    return {"rate": rate, "seed": seed, "marked_images": marked, "keys": keys}
+
+
+def test_summary_gives_rates_with_exact_intervals_by_rate_and_by_count():
+    runs = [victim(0.0, s, 0, NONE) for s in range(5)]
+    runs += [victim(0.005, s, 5, EVIDENCE if s < 3 else NONE) for s in range(5)]
+    runs += [victim(0.01, s, 10, EVIDENCE, decoys=(EVIDENCE if s == 0 else NONE, NONE)) for s in range(5)]
+    summary = summarise(runs)
+    by_rate = {r["rate"]: r for r in summary["by_rate"]}
+    assert by_rate[0.0]["flagged"]["k"] == 0 and by_rate[0.0]["flagged"]["high"] > 0.4  # 0/5: the interval stays wide
+    assert by_rate[0.005]["flagged"]["rate"] == 0.6 and by_rate[0.005]["flagged"]["low"] < 0.6 < by_rate[0.005]["flagged"]["high"]
+    assert by_rate[0.01]["flagged"]["k"] == 5 and by_rate[0.01]["pairs_needed_median"] == 20
+    assert [r["marked_images"] for r in summary["by_count"]] == [0, 5, 10]
+    assert summary["decoy_keys"]["k"] == 1 and summary["decoy_keys"]["n"] == 30
+
+
+@pytest.mark.slow
+def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
+    """Two victims of a few steps each (about a minute on an idle 2-core machine)."""
+    plan = TracingPlan(name="test", images=24, rates=(0.0, 0.05), victims=1, epochs=1, n=4, sample_steps=2, autoencoder_steps=2,
+                       calibration_images=20, batch_size=8)  # fmt: skip
+    results = run(plan, tmp_path, jobs=1)
+    assert len(results["runs"]) == 2
+    marked = next(r for r in results["runs"] if r["rate"] == 0.05)
+    assert marked["marked_images"] == 1 and set(marked["keys"]) == {"owner", "decoy1", "decoy2"}
+    assert all(1 <= k["n"] <= 4 for k in marked["keys"].values())
+    table = (tmp_path / "RESULTS-tracing.md").read_text()
+    assert "| 5 % | 1 | 1 |" in table and "Decoy keys" in table
+    log = (tmp_path / "runs-tracing.jsonl").read_text()
+    again = run(plan, tmp_path, jobs=1)  # resumes: nothing retrained, the same runs
+    assert (tmp_path / "runs-tracing.jsonl").read_text() == log and len(again["runs"]) == 2
+    assert json.loads((tmp_path / "results-tracing.json").read_text())["summary"]["by_rate"][0]["rate"] == 0.0
