@@ -76,7 +76,12 @@ def lora_path(name: str) -> Path:
 
 
 def resolve_user_file(text: str, what: str) -> Path:
-    """A path typed into a node: absolute, or relative to ComfyUI's output then input folder."""
+    """A file path typed into a node: absolute, or relative to ComfyUI's output then input folder."""
+    return resolve_user_path(text, what)
+
+
+def resolve_user_path(text: str, what: str, folder: bool = False) -> Path:
+    """A file (or, with `folder`, a folder) path typed into a node: absolute, or relative to ComfyUI's output then input folder."""
     from ..shared_core.errors import InputFileError
 
     text = (text or "").strip().strip('"')
@@ -92,6 +97,6 @@ def resolve_user_file(text: str, what: str) -> Path:
         except ImportError:
             pass
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_dir() if folder else candidate.is_file():
             return candidate
-    raise InputFileError(text, f"{what} not found (give an absolute path, or one relative to ComfyUI's output folder)")
+    raise InputFileError(text, f"{what} not found (give an absolute path, or one relative to ComfyUI's output or input folder)")
