@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 Progress = Callable[[int, int], None] | None
+#: timesteps at which `heldout_denoising_loss` evaluates each image
+LOSS_TIMESTEPS = 16
 
 
 def images_to_tensor(images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
@@ -189,6 +191,24 @@ def train_pixel_ddpm(unet, scheduler, images, *, steps: int, batch_size: int = 3
     losses = _optimise(optimizer, steps, batch_loss, progress)
     unet.eval().requires_grad_(False)
     return losses
+
+
+@torch.no_grad()
+def heldout_denoising_loss(surrogate, images: Sequence[np.ndarray], prompt: str = "", seed: int = 1234) -> float:
+    """A model's mean denoising loss on clean `images` (uint8 HxWx3) at LOSS_TIMESTEPS evenly spread timesteps
+    with noise fixed by `seed`: an ELBO proxy for how well it explains those images, comparable across models."""
+    device = surrogate.device
+    conditioning = surrogate.encode_prompts([prompt] * LOSS_TIMESTEPS)
+    total = surrogate.num_timesteps
+    timesteps = torch.linspace(total * 0.02, total * 0.98, LOSS_TIMESTEPS).round().long().to(device)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for rgb in images:
+        pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div(255)[None].to(device)
+        z0 = surrogate.encode(pixels).float().expand(LOSS_TIMESTEPS, -1, -1, -1)
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        losses.append(surrogate.denoising_loss(z0, timesteps, noise, conditioning).mean().item())
+    return float(np.mean(losses))
 
 
 def save_lora(pipeline, directory, weight_name: str = "pytorch_lora_weights.safetensors") -> None:

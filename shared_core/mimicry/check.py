@@ -42,7 +42,6 @@ Progress = Callable[[str, int, int], None] | None
 ARMS = ("base", "clean", "protected")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 FEATURE_SIZE = 128
-LOSS_TIMESTEPS = 16
 FEATURE_SPACE = (
     "handcrafted colour and texture statistics of each image at 128 px: CIELAB channel histograms, mean and spread "
     "(the palette), uniform local-binary-pattern histograms at radii 1 and 3 (fine texture, brush and grain) and "
@@ -190,24 +189,12 @@ def feature_distances(owner: np.ndarray, arms: dict[str, np.ndarray]) -> dict[st
 # -- the clean-data loss -----------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def clean_data_loss(pipeline, images: list[np.ndarray], prompt: str, seed: int = 1234) -> float:
-    """Mean denoising loss on `images` at LOSS_TIMESTEPS evenly spread timesteps with fixed noise (an ELBO proxy)."""
+def clean_data_loss(pipeline, images: list[np.ndarray], prompt: str) -> float:
+    """The pipeline's denoising loss on the owner's clean `images` (see `heldout_denoising_loss`)."""
     from ..surrogates.diffusers_backend import LatentDiffusersSurrogate
+    from ..training import heldout_denoising_loss
 
-    device = pipeline.unet.device
-    surrogate = LatentDiffusersSurrogate(pipeline, "check-protection", device)
-    conditioning = surrogate.encode_prompts([prompt] * LOSS_TIMESTEPS)
-    total = surrogate.num_timesteps
-    timesteps = torch.linspace(total * 0.02, total * 0.98, LOSS_TIMESTEPS).round().long().to(device)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for rgb in images:
-        pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div(255)[None].to(device)
-        z0 = surrogate.encode(pixels).float().expand(LOSS_TIMESTEPS, -1, -1, -1)
-        noise = torch.randn(z0.shape, generator=generator).to(device)
-        losses.append(surrogate.denoising_loss(z0, timesteps, noise, conditioning).mean().item())
-    return float(np.mean(losses))
+    return heldout_denoising_loss(LatentDiffusersSurrogate(pipeline, "check-protection", pipeline.unet.device), images, prompt)
 
 
 # -- the two LoRAs -----------------------------------------------------------------------------------

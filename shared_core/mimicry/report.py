@@ -10,7 +10,8 @@ import numpy as np
 
 from ..files import atomic_write_text
 from ..trace.report import THUMBNAIL, image_data_uri
-from .check import ARMS, FEATURE_SPACE, LOSS_TIMESTEPS, MimicryResult
+from ..training import LOSS_TIMESTEPS
+from .check import ARMS, FEATURE_SPACE, MimicryResult
 
 ARM_TITLES = {"base": "Base model (no LoRA)", "clean": "LoRA trained on your clean images", "protected": "LoRA trained on your protected images"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from shared_core.bench.efficacy import FULL, QUICK, Condition, RunLog, countermeasure, planned_run_ids, protection_run_id, uniform_noise
 from shared_core.bench.report import write_results
@@ -46,18 +47,21 @@ def test_planned_run_ids_name_every_run_of_the_plan_and_nothing_else():
     ids = planned_run_ids(FULL)
     assert len(ids) == len(set(ids)) == len(FULL.seeds) * (len(FULL.scratch_conditions) + len(FULL.finetune_conditions)
                                                            + len(FULL.lora_conditions) + len(FULL.trace_rates))  # fmt: skip
-    assert protection_run_id("FinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
-    assert protection_run_id("FinetuneSetting", "lora", Condition("aspl"), 0) not in ids  # ASPL is not run as a LoRA victim
+    assert protection_run_id("PhotoFinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
+    assert protection_run_id("PhotoScratchSetting", "scratch", Condition("encoder"), 0) not in ids  # a pixel model has no encoder to attack
+    assert not any(i.startswith(("FinetuneSetting/", "ScratchSetting/")) for i in ids)  # digits are the quick plan only
+    assert any("scope=dataset" in i for i in ids) and any("scope=batch" in i for i in ids)
     assert "TraceSetting/rate0.005/seed0" in ids
 
 
 def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
     runs = []
     for seed in range(3):
-        for condition, fid in ((Condition("clean"), 2.0), (Condition("noise"), 2.1), (Condition("eudp", timesteps="survival"), 3.0)):
+        for condition, fid in ((Condition("clean"), 2.0), (Condition("noise"), 2.1), (Condition("eudp", timesteps="survival"), 3.0),
+                               (Condition("advdm"), 2.1 + (0.3, -0.3, 0.05)[seed])):  # fmt: skip
             runs.append({"setting": "FinetuneSetting", "mode": "lora", "label": condition.label, "condition": condition.__dict__,
                          "seed": seed, "fid": fid + 0.1 * seed, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "psnr": 34.0, "ssim": 0.99,
-                         "seconds_per_image": 0.1, "peak_extra_mib": 5.0})  # fmt: skip
+                         "seconds_per_image": 0.1, "peak_extra_mib": 5.0, "heldout_loss": 0.1})  # fmt: skip
         for rate, hits in ((0.0, 0), (0.02, 12)):
             runs.append({"setting": "TraceSetting", "rate": rate, "seed": seed, "marked_images": 4, "verdict": "infringement evidence" if hits else "no evidence",
                          "p_value": 0.001 if hits else 1.0, "trigger_hits": hits, "control_hits": 0, "n": 24, "images_needed": 10})  # fmt: skip
@@ -65,6 +69,12 @@ def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
     results = write_results(runs, tmp_path, meta)
     row = results["summary"]["FinetuneSetting/lora/eudp[survival] b8"]
     assert row["seeds"] == 3 and abs(row["fid"]["mean"] - 3.1) < 1e-9 and abs(row["fid"]["std"] - 0.1) < 1e-9
+    # paired by seed: EUDP is 0.9 above noise in every seed (beyond the interval); AdvDM's differences straddle zero
+    assert row["fid_minus_noise"]["mean"] == pytest.approx(0.9) and row["differs_from_noise"]
+    assert row["fid_over_clean"]["mean"] == pytest.approx(sum((3.0 + 0.1 * s) / (2.0 + 0.1 * s) for s in range(3)) / 3)
+    advdm = results["summary"]["FinetuneSetting/lora/advdm b8"]
+    assert advdm["fid_minus_noise"]["low"] < 0 < advdm["fid_minus_noise"]["high"] and not advdm["differs_from_noise"]
+    assert advdm["heldout_loss_over_clean"]["mean"] == pytest.approx(1.0)
     table = (tmp_path / "RESULTS.md").read_text()
     assert "3.10 ± 0.10" in table and "| 2.0% | 4 | 3/3 |" in table
     assert json.loads((tmp_path / "results.json").read_text())["trace"][0]["flagged"] == 0

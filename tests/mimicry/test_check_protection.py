@@ -129,3 +129,23 @@ def test_report_renders_in_chromium(report):
     assert len(summary) > 80 and loaded == 8 + 3 * N_SAMPLES
     assert all(re.fullmatch(r"\d+\.\d{4}", text) for text in cells.values()), cells
     assert shot.stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_sdxl_layout_trains_and_reports(tmp_path):
+    """SDXL's two frozen text encoders, pooled embedding and time ids go through the trainer, the loss and generation."""
+    from shared_core.mimicry import MimicrySettings, check_protection
+    from shared_core.bench.efficacy import uniform_noise
+    from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sdxl_pipeline
+
+    clean = _photos(tmp_path / "clean", count=4)
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    for path in sorted(clean.glob("*.png")):
+        Image.fromarray(uniform_noise([np.asarray(Image.open(path))], 16, seed=0)[0]).save(protected / path.name)
+    pipeline = tiny_sdxl_pipeline(TinyLatentConfig(resolution=32))
+    settings = MimicrySettings(lora_steps=3, lr=3e-3, resolution=32, n=2, sample_steps=2)
+    result, shown = check_protection(pipeline, {"model": "tiny-sdxl"}, clean, protected, tmp_path / "out", settings)
+    losses = result.per_seed[0]["clean_data_loss"]
+    assert all(math.isfinite(v) for v in losses.values()) and losses["clean"] != losses["protected"] != losses["base"]
+    assert shown["protected"][0].shape == (32, 32, 3)
