@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["overhead", "efficacy"],
                        help="overhead: engine step time versus a bare forward+backward; efficacy: victims trained on protected and marked data")
-    bench.add_argument("--quick", action="store_true", help="efficacy: the ~5-minute smoke plan (one seed, few conditions)")
+    bench.add_argument("--quick", action="store_true", help="efficacy: the ~5-minute smoke plan on digits (one seed, few conditions); without it, the photo settings")
     bench.add_argument("--out", default=None, help="efficacy: output folder (default bench-efficacy-full or -quick); a rerun resumes")
     bench.add_argument("--seeds", default=None, help="efficacy: comma-separated seeds instead of the plan's")
     bench.add_argument("--settings", default=None, help="efficacy: comma-separated subset of scratch,finetune,trace")

@@ -7,7 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from shared_core.bench.efficacy import FULL, QUICK, Condition, RunLog, countermeasure, planned_run_ids, protection_run_id, uniform_noise
+from shared_core.bench.efficacy import (
+    FULL,
+    QUICK,
+    Condition,
+    RunLog,
+    countermeasure,
+    planned_run_ids,
+    protection_run_id,
+    uniform_noise,
+)
 from shared_core.bench.report import write_results
 from tests.conftest import real_photo
 

@@ -209,8 +209,9 @@ def test_inspect_lora_lists_loras_and_finds_the_trigger(pack, comfy_host):
 
 @pytest.mark.slow
 def test_mimicry_test_protects_trains_both_loras_and_reports(pack, comfy_host, progress_log):
-    from shared_core.bench.datasets import photo_crops
     from PIL import Image
+
+    from shared_core.bench.datasets import photo_crops
 
     clean = comfy_host["base"] / "input" / "cats"
     clean.mkdir(parents=True)
