@@ -88,3 +88,26 @@ def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
     assert "3.10 ± 0.10" in table and "| 2.0% | 4 | 3/3 |" in table
     assert json.loads((tmp_path / "results.json").read_text())["trace"][0]["flagged"] == 0
     assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000 and (tmp_path / "trace-rates.png").is_file()
+
+
+@pytest.mark.slow
+def test_photo_settings_craft_train_and_score_with_tiny_steps():
+    """Every part of the photo settings runs: SD-shaped autoencoder (8x, 4 channels), base, crafting, full/LoRA/scratch victims."""
+    from dataclasses import replace
+
+    from shared_core.bench.efficacy import MIST, NOISE, PhotoFinetuneSetting, PhotoScratchSetting
+
+    plan = replace(FULL, seeds=(0,), protect_steps=1, scratch_images=8, scratch_surrogate_steps=2, photo_owner_images=8, photo_heldout_images=2,
+                   photo_autoencoder_images=24, photo_autoencoder_steps=2, photo_base_images=24, photo_base_steps=2, photo_victim_steps=2,
+                   photo_judge_images=52, samples=4, sample_steps=2)  # fmt: skip
+    finetune = PhotoFinetuneSetting(plan)
+    vae = finetune.base().vae
+    assert len(vae.config.block_out_channels) == 4 and vae.config.latent_channels == 4 and finetune.caption == "a photo of sks cat"
+    protected, cost = finetune.craft(MIST, 0)
+    assert len(protected) == 8 and protected[0].shape == (64, 64, 3) and cost["seconds_per_image"] > 0
+    for mode in ("full", "lora"):
+        scores, samples = finetune.victim(protected, 0, mode)
+        assert np.isfinite(scores["heldout_loss"]) and np.isfinite(scores["fid"]) and 0 <= scores["accuracy"] <= 1 and len(samples) == 4
+    scratch = PhotoScratchSetting(plan)
+    scores, samples = scratch.victim(scratch.craft(NOISE, 0)[0], 0)
+    assert np.isfinite(scores["heldout_loss"]) and samples[0].shape == (32, 32, 3)

@@ -109,12 +109,15 @@ def test_check_protection_end_to_end(report):
 
 @pytest.mark.slow
 def test_report_renders_in_chromium(report):
+    missing = None
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+        missing = "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if missing is None and not Path(CHROMIUM).exists():
+        missing = f"no Chromium at {CHROMIUM} (Debian: apt-get install -y chromium)"
+    if missing:  # as tests/ui/test_browser.py: CI sets UNLEARNABLE_REQUIRE_BROWSER=1 where a browser must be there
+        pytest.fail(missing) if os.environ.get("UNLEARNABLE_REQUIRE_BROWSER") == "1" else pytest.skip(missing)
     out, _ = report
     shot = Path(os.environ.get("UNLEARNABLE_SCREENSHOT_DIR", out)) / "mimicry-report.png"
     with sync_playwright() as playwright:
