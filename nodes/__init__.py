@@ -7,10 +7,11 @@ Heavy imports (the core, diffusers, comfy) happen when a node's schema is reques
 
 from .declare import build_mappings
 from .lora_nodes import INSPECT_LORA
+from .mimicry_nodes import MIMICRY_TEST
 from .protect_nodes import PROTECT_IMAGE, PROTECTION_REPORT, SAVE_PROTECTED_IMAGE
 from .trace_nodes import MARK_WITH_TEMPLATE, VERIFY_MODEL
 
-SPECS = [PROTECT_IMAGE, PROTECTION_REPORT, SAVE_PROTECTED_IMAGE, MARK_WITH_TEMPLATE, VERIFY_MODEL, INSPECT_LORA]
+SPECS = [PROTECT_IMAGE, PROTECTION_REPORT, SAVE_PROTECTED_IMAGE, MARK_WITH_TEMPLATE, VERIFY_MODEL, INSPECT_LORA, MIMICRY_TEST]
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings(SPECS)
 

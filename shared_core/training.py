@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 Progress = Callable[[int, int], None] | None
+#: timesteps at which `heldout_denoising_loss` evaluates each image
+LOSS_TIMESTEPS = 16
 
 
 def images_to_tensor(images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
@@ -97,6 +99,9 @@ def train_text_to_image(
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    is_sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    if is_sdxl and train_text_encoder:
+        raise ValueError("SDXL training here keeps the text encoders frozen: pass train_text_encoder=False")
     unet, vae, text_encoder, tokenizer, scheduler = pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.scheduler
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -109,6 +114,7 @@ def train_text_to_image(
     tokens = tokenizer(list(captions) + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty = tokens[-1:]
     tokens = tokens[:-1]
+    sdxl_conditioning = _sdxl_conditioning(pipeline, list(captions), latents.shape[-2:], device) if is_sdxl else None
 
     if lora_rank:
         parameters = _add_lora(unet, lora_rank, ["to_q", "to_k", "to_v", "to_out.0"])
@@ -133,18 +139,39 @@ def train_text_to_image(
         batch_tokens = tokens[index].clone()
         dropped = torch.rand(batch_size, generator=generator) < caption_dropout
         batch_tokens[dropped] = empty
-        with torch.set_grad_enabled(train_text_encoder):
-            hidden = text_encoder(batch_tokens.to(text_encoder.device))[0].to(device)
+        extra = {}
+        if sdxl_conditioning is not None:
+            rows = torch.where(dropped, len(latents), index)  # the last row is the empty prompt's
+            hidden, pooled, time_ids = (part[rows.to(part.device)] for part in sdxl_conditioning)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        else:
+            with torch.set_grad_enabled(train_text_encoder):
+                hidden = text_encoder(batch_tokens.to(text_encoder.device))[0].to(device)
         z0 = latents[index]
         noise = torch.randn(z0.shape, generator=generator).to(device)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
-        prediction = unet(scheduler.add_noise(z0, noise, timesteps), timesteps, encoder_hidden_states=hidden).sample
+        prediction = unet(scheduler.add_noise(z0, noise, timesteps), timesteps, encoder_hidden_states=hidden, **extra).sample
         return F.mse_loss(prediction, _target(scheduler, z0, noise, timesteps))
 
     losses = _optimise(optimizer, steps, batch_loss, progress)
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     return losses
+
+
+@torch.no_grad()
+def _sdxl_conditioning(pipeline, captions: list[str], latent_size, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SDXL's frozen conditioning for every caption and, in the last row, the empty prompt:
+    both text encoders' hidden states, the pooled embedding and the size/crop time ids."""
+    embeds, pooled = [], []
+    prompts = captions + [""]
+    for start in range(0, len(prompts), 16):
+        hidden, _, pool, _ = pipeline.encode_prompt(prompts[start : start + 16], device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        embeds.append(hidden)
+        pooled.append(pool)
+    height, width = (int(side) * pipeline.vae_scale_factor for side in latent_size)
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device).expand(len(prompts), -1)
+    return torch.cat(embeds).to(device), torch.cat(pooled).to(device), time_ids
 
 
 def train_pixel_ddpm(unet, scheduler, images, *, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, progress: Progress = None) -> list[float]:
@@ -164,6 +191,24 @@ def train_pixel_ddpm(unet, scheduler, images, *, steps: int, batch_size: int = 3
     losses = _optimise(optimizer, steps, batch_loss, progress)
     unet.eval().requires_grad_(False)
     return losses
+
+
+@torch.no_grad()
+def heldout_denoising_loss(surrogate, images: Sequence[np.ndarray], prompt: str = "", seed: int = 1234) -> float:
+    """A model's mean denoising loss on clean `images` (uint8 HxWx3) at LOSS_TIMESTEPS evenly spread timesteps
+    with noise fixed by `seed`: an ELBO proxy for how well it explains those images, comparable across models."""
+    device = surrogate.device
+    conditioning = surrogate.encode_prompts([prompt] * LOSS_TIMESTEPS)
+    total = surrogate.num_timesteps
+    timesteps = torch.linspace(total * 0.02, total * 0.98, LOSS_TIMESTEPS).round().long().to(device)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for rgb in images:
+        pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div(255)[None].to(device)
+        z0 = surrogate.encode(pixels).float().expand(LOSS_TIMESTEPS, -1, -1, -1)
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        losses.append(surrogate.denoising_loss(z0, timesteps, noise, conditioning).mean().item())
+    return float(np.mean(losses))
 
 
 def save_lora(pipeline, directory, weight_name: str = "pytorch_lora_weights.safetensors") -> None:

@@ -7,7 +7,14 @@ with real images and the same diffusers classes (see benchmarks/README.md):
 * scratch: a pixel DDPM (`UNet2DModel`) trained from scratch on the owner's digits, protected or
   clean (the UDP paper's DDPM setting);
 * finetune: a small latent diffusion model (`StableDiffusionPipeline` classes) pretrained on digits
-  0-6 is fine-tuned with peft LoRA, or fully, on the owner's digit 7 (a class it never saw).
+  0-6 is fine-tuned with peft LoRA, or fully, on the owner's digit 7 (a class it never saw);
+* photo settings (the full plan; the digits settings above are the `--quick` smoke plan):
+  photo-scratch, a pixel DDPM trained from scratch on 32 px crops of the owner's photograph; and
+  photo-finetune, a latent diffusion model shaped like SD (an AutoencoderKL with 8x downsampling and
+  4 latent channels trained on other photos, a text-conditioned UNet pretrained on 12 other
+  photographs and textures) fine-tuned fully or with a peft LoRA on the owner's 32 crops of a cat,
+  captioned "a photo of sks cat", a concept it never saw. Victims are also scored by their
+  denoising loss on held-out *clean* crops of the owner (what they really learned about them).
 
 Every number is repeated over `plan.seeds` (protection noise, victim initialisation and data order
 all follow the seed) and reported as mean and standard deviation. Runs are appended to runs.jsonl
@@ -34,8 +41,8 @@ from ..files import atomic_write_text
 from ..protect import ProtectSettings, protect_arrays
 from ..surrogates.diffusers_backend import LatentDiffusersSurrogate, PixelDiffusersSurrogate
 from ..surrogates.tiny import TinyLatentConfig, tiny_pixel_ddpm, tiny_sd_pipeline
-from ..training import train_autoencoder, train_pixel_ddpm, train_text_to_image
-from .datasets import DIGIT_WORDS, digits
+from ..training import heldout_denoising_loss, train_autoencoder, train_pixel_ddpm, train_text_to_image
+from .datasets import BASE_SUBJECTS, DIGIT_WORDS, OWNER_SUBJECT, digits, photo_crops
 from .quality import QualityJudge
 
 COUNTERMEASURES = ("jpeg75", "downscale", "blur")
@@ -98,6 +105,8 @@ UDP_MIN, UDP_MAX = Condition("udp", options=(("sign", "min"),)), Condition("udp"
 EUDP_SCHEDULES = [Condition("eudp", options=(("sign", "max"),), timesteps=schedule) for schedule in ("survival", "survival-squared", "truncated")]
 EUDP = EUDP_SCHEDULES[0]  # the shipped default (chosen by this benchmark: see benchmarks/README.md)
 EUDP_MIN = replace(EUDP, options=(("sign", "min"),))
+#: dataset-level crafting (one perturbation objective over the whole set) against per-batch crafting, for UDP and EUDP at both signs
+SCOPED = [replace(c, options=(*c.options, ("scope", scope))) for c in (UDP_MIN, UDP_MAX, EUDP_MIN, EUDP) for scope in ("dataset", "batch")]
 
 
 @dataclass(frozen=True)
@@ -127,25 +136,51 @@ class Plan:
     lora_lr: float = 3e-3
     samples: int = 80
     sample_steps: int = 15
+    photo: bool = False  # the photo settings instead of the digits ones
+    photo_scratch_size: int = 32
+    photo_scratch_channels: tuple[int, ...] = (32, 64, 64)
+    photo_size: int = 64
+    photo_owner_images: int = 32
+    photo_heldout_images: int = 16
+    photo_autoencoder_images: int = 600
+    photo_autoencoder_steps: int = 1500
+    photo_base_images: int = 600
+    photo_base_steps: int = 3000
+    photo_victim_steps: int = 400
+    photo_judge_images: int = 1300
+
+    @property
+    def setting_classes(self) -> dict[str, type]:
+        """`--settings` name -> the class that builds it under this plan."""
+        if self.photo:
+            return {"scratch": PhotoScratchSetting, "finetune": PhotoFinetuneSetting}
+        return {"scratch": ScratchSetting, "finetune": FinetuneSetting}
 
     @property
     def protection_modes(self) -> dict[str, dict[str, tuple[Condition, ...]]]:
         """Per protection setting, the victims it trains (by mode) and their conditions."""
-        return {"ScratchSetting": {"scratch": self.scratch_conditions}, "FinetuneSetting": {"full": self.finetune_conditions, "lora": self.lora_conditions}}
+        classes = self.setting_classes
+        return {classes["scratch"].__name__: {"scratch": self.scratch_conditions},
+                classes["finetune"].__name__: {"full": self.finetune_conditions, "lora": self.lora_conditions}}  # fmt: skip
 
 
 FULL = Plan(
     name="full",
+    photo=True,
     seeds=(0, 1, 2),
     protect_steps=40,
     # pixel models have no VAE encoder (encoder, mist do not apply); ASPL is a fine-tuning method
-    scratch_conditions=(CLEAN, NOISE, ADVDM, UDP_MIN, UDP_MAX, EUDP_MIN, EUDP),
-    finetune_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX, EUDP_MIN, *EUDP_SCHEDULES],
-                                    sweep=[NOISE, EUDP], budgets=(4.0, 16.0), countered=[CLEAN, EUDP], transferred=[EUDP, MIST],
+    scratch_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, UDP_MIN, UDP_MAX, EUDP_MIN, *EUDP_SCHEDULES, *SCOPED],
+                                   sweep=[NOISE, ADVDM, UDP_MAX, EUDP], budgets=(4.0, 16.0), countered=[CLEAN, EUDP], transferred=[EUDP])),  # fmt: skip
+    finetune_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX, EUDP_MIN, *EUDP_SCHEDULES, *SCOPED],
+                                    sweep=[NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MAX, EUDP], budgets=(4.0, 16.0),
+                                    countered=[CLEAN, NOISE, EUDP, MIST, ENCODER], transferred=[EUDP, MIST, ENCODER],
                                     stepped=[EUDP], steps=(20, 100))),  # fmt: skip
-    lora_conditions=(CLEAN, NOISE, ADVDM, MIST, UDP_MIN, UDP_MAX, EUDP_MIN, EUDP),
+    lora_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX, EUDP_MIN, EUDP, *SCOPED],
+                                sweep=[NOISE, MIST, EUDP], budgets=(4.0, 16.0), countered=[CLEAN, EUDP, MIST], transferred=[EUDP, MIST])),  # fmt: skip
 )
 
+#: the digits settings (8-16 px), a smoke test of every part in a few minutes
 QUICK = Plan(
     name="quick",
     seeds=(0,),
@@ -265,19 +300,24 @@ class ScratchSetting:
     judge: QualityJudge = field(init=False)
 
     def __post_init__(self):
+        self.size, self.channels, self.victim_steps, self.label = self.plan.scratch_size, self.plan.scratch_channels, self.plan.scratch_victim_steps, None
+        self.load_data()
+        self.surrogates = {}
+
+    def load_data(self) -> None:
         images, labels = digits(self.plan.scratch_size)
         n = self.plan.scratch_images
         self.owner = images[:n]
+        self.heldout = images[n : n + 16]  # the owner's other digits, never trained on: the clean-data loss
         # the judge never sees the owner's images: it learns digits from the rest of the set
         self.judge = QualityJudge.fit(images[n:], labels[n:], self.owner, size=max(16, self.plan.scratch_size))
-        self.surrogates = {}
 
     def surrogate(self, seed: int, transfer: bool):
         """The owner's own small DDPM trained on the clean images (a wider one, another seed, for transfer)."""
         key = (seed, transfer)
         if key not in self.surrogates:
-            channels = tuple(2 * c for c in self.plan.scratch_channels) if transfer else self.plan.scratch_channels
-            unet, scheduler = tiny_pixel_ddpm(self.plan.scratch_size, channels, seed=100 + seed + (50 if transfer else 0))
+            channels = tuple(2 * c for c in self.channels) if transfer else self.channels
+            unet, scheduler = tiny_pixel_ddpm(self.size, channels, seed=100 + seed + (50 if transfer else 0))
             train_pixel_ddpm(unet, scheduler, self.owner, steps=self.plan.scratch_surrogate_steps, batch_size=32, seed=100 + seed)
             self.surrogates[key] = PixelDiffusersSurrogate(unet, scheduler, "scratch-surrogate", torch.device("cpu"))
         return self.surrogates[key]
@@ -288,11 +328,26 @@ class ScratchSetting:
 
     def victim(self, images: list[np.ndarray], seed: int, mode: str = "scratch") -> tuple[dict, list[np.ndarray]]:
         plan = self.plan
-        unet, scheduler = tiny_pixel_ddpm(plan.scratch_size, plan.scratch_channels, seed=seed)
-        losses = train_pixel_ddpm(unet, scheduler, images, steps=plan.scratch_victim_steps, batch_size=32, seed=seed)
+        unet, scheduler = tiny_pixel_ddpm(self.size, self.channels, seed=seed)
+        losses = train_pixel_ddpm(unet, scheduler, images, steps=self.victim_steps, batch_size=32, seed=seed)
         unet.eval()
-        samples = _ddim_samples(unet, scheduler, plan.samples, plan.sample_steps, plan.scratch_size, seed)
-        return {**self.judge.score(samples), "final_loss": float(np.mean(losses[-20:]))}, samples
+        samples = _ddim_samples(unet, scheduler, plan.samples, plan.sample_steps, self.size, seed)
+        heldout = heldout_denoising_loss(PixelDiffusersSurrogate(unet, scheduler, "victim", torch.device("cpu")), self.heldout)
+        return {**self.judge.score(samples, label=self.label), "final_loss": float(np.mean(losses[-20:])), "heldout_loss": heldout}, samples
+
+
+class PhotoScratchSetting(ScratchSetting):
+    """A pixel DDPM trained from scratch on 32 px crops of the owner's photograph (the cat)."""
+
+    def __post_init__(self):
+        plan = self.plan
+        self.size, self.channels, self.victim_steps = plan.photo_scratch_size, plan.photo_scratch_channels, plan.photo_victim_steps
+        self.load_data()
+        self.surrogates = {}
+
+    def load_data(self) -> None:
+        plan = self.plan
+        self.owner, self.heldout, self.judge, self.label = _photo_owner(plan, plan.photo_scratch_size, plan.scratch_images)
 
 
 @dataclass
@@ -304,11 +359,13 @@ class FinetuneSetting:
 
     def __post_init__(self):
         plan, size = self.plan, self.plan.finetune_size
+        self.size, self.victim_steps = size, plan.finetune_victim_steps
         images, labels = digits(size)
         half = len(images) // 2
         base_index = [i for i in range(half) if labels[i] < self.target_label]
-        owner_index = [i for i in range(half, len(images)) if labels[i] == self.target_label][: plan.finetune_target_images]
-        self.owner = [images[i] for i in owner_index]
+        sevens = [i for i in range(half, len(images)) if labels[i] == self.target_label]
+        self.owner = [images[i] for i in sevens[: plan.finetune_target_images]]
+        self.heldout = [images[i] for i in sevens[plan.finetune_target_images :][:16]]  # never trained on: the clean-data loss
         self.caption = f"a handwritten digit {DIGIT_WORDS[self.target_label]}"
         # the judge learns all ten digits from the first half; the owner's sevens come from the second
         self.judge = QualityJudge.fit(images[:half], labels[:half], self.owner, size=16)
@@ -345,16 +402,55 @@ class FinetuneSetting:
         plan = self.plan
         pipeline = copy.deepcopy(self.base())
         lora = mode == "lora"
-        losses = train_text_to_image(pipeline, images, [self.caption] * len(images), steps=plan.finetune_victim_steps, batch_size=16,
+        losses = train_text_to_image(pipeline, images, [self.caption] * len(images), steps=self.victim_steps, batch_size=16,
                                      lr=plan.lora_lr if lora else 2e-4, lora_rank=plan.lora_rank if lora else None, train_text_encoder=False,
                                      seed=seed)  # fmt: skip
+        heldout = heldout_denoising_loss(LatentDiffusersSurrogate(pipeline, "victim", torch.device("cpu")), self.heldout, self.caption)
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.finetune_size, width=plan.finetune_size)
+        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=self.size, width=self.size)
         samples = []
         for start in range(0, plan.samples, 64):
             count = min(64, plan.samples - start)
             samples += generate([self.caption] * count, [10_000 * (seed + 1) + start + i for i in range(count)])
-        return {**self.judge.score(samples, label=self.target_label), "final_loss": float(np.mean(losses[-20:]))}, samples
+        return {**self.judge.score(samples, label=self.target_label), "final_loss": float(np.mean(losses[-20:])), "heldout_loss": heldout}, samples
+
+
+def _photo_owner(plan: Plan, size: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray], QualityJudge, int]:
+    """The owner's crops of their photograph (trained on, held out), and a judge that learned every subject from other crops."""
+    crops, _, _ = photo_crops(count + plan.photo_heldout_images, size, seed=11, subjects=OWNER_SUBJECT, min_share=0.35)
+    subjects = {**BASE_SUBJECTS, **OWNER_SUBJECT}
+    judge_images, _, judge_labels = photo_crops(plan.photo_judge_images, size, seed=21, subjects=subjects, min_share=0.35)
+    judge = QualityJudge.fit(judge_images, judge_labels, crops[:count], size=32)
+    return crops[:count], crops[count:], judge, len(BASE_SUBJECTS)
+
+
+class PhotoFinetuneSetting(FinetuneSetting):
+    """An SD-shaped latent diffusion model (8x-downsampling KL autoencoder with 4 latent channels, text-conditioned UNet)
+    pretrained on other photos, fine-tuned on the owner's crops of their cat as a new concept, "a photo of sks cat"."""
+
+    def __post_init__(self):
+        plan = self.plan
+        self.size, self.victim_steps = plan.photo_size, plan.photo_victim_steps
+        self.owner, self.heldout, self.judge, self.target_label = _photo_owner(plan, plan.photo_size, plan.photo_owner_images)
+        self.caption = next(iter(OWNER_SUBJECT.values()))
+        base_images, base_captions, _ = photo_crops(plan.photo_base_images, plan.photo_size, seed=31, subjects=BASE_SUBJECTS, min_share=0.35)
+        autoencoder_images, _, _ = photo_crops(plan.photo_autoencoder_images, plan.photo_size, seed=41, subjects=BASE_SUBJECTS, min_share=0.25)
+        self.bases = {}
+        self._base_data = (autoencoder_images, base_images, base_captions)
+        self.base()
+
+    def base(self, transfer: bool = False):
+        """The public base model; a second one (its own autoencoder, wider UNet, other seed) is the transfer surrogate."""
+        if transfer not in self.bases:
+            autoencoder_images, base_images, base_captions = self._base_data
+            config = TinyLatentConfig(resolution=self.plan.photo_size, vae_channels=(32, 64, 64, 64), unet_channels=(96, 192) if transfer else (64, 128),
+                                      text_width=64, seed=7 if transfer else 0)  # fmt: skip
+            pipeline = tiny_sd_pipeline(config)
+            train_autoencoder(pipeline.vae, autoencoder_images, steps=self.plan.photo_autoencoder_steps, batch_size=32, lr=1e-3, seed=config.seed)
+            train_text_to_image(pipeline, base_images, base_captions, steps=self.plan.photo_base_steps, batch_size=32, lr=1e-3,
+                                train_text_encoder=True, seed=config.seed)  # fmt: skip
+            self.bases[transfer] = pipeline
+        return self.bases[transfer]
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -451,10 +547,8 @@ def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None
     torch.set_num_threads(threads)
     log = RunLog(out, plan, setting)
     progress = progress or (lambda run_id, run: None)
-    if setting == "scratch":
-        _protection_runs(ScratchSetting, log, plan, out, progress)
-    elif setting == "finetune":
-        _protection_runs(FinetuneSetting, log, plan, out, progress)
+    if setting in ("scratch", "finetune"):
+        _protection_runs(plan.setting_classes[setting], log, plan, out, progress)
     else:
         raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
 

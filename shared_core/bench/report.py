@@ -10,8 +10,13 @@ import numpy as np
 
 from ..files import atomic_write_text
 
-METRICS = ("fid", "precision", "recall", "accuracy", "psnr", "ssim", "seconds_per_image", "peak_extra_mib")
+METRICS = ("fid", "precision", "recall", "accuracy", "heldout_loss", "psnr", "ssim", "seconds_per_image", "peak_extra_mib")
+#: metrics that rise when a victim learns less; compared with clean (ratio) and with noise of the same budget (difference)
+EFFECT_METRICS = ("fid", "heldout_loss")
 SETTING_TITLES = {
+    ("PhotoScratchSetting", "scratch"): "From scratch: pixel DDPM trained on 128 crops (32 px) of the owner's photograph",
+    ("PhotoFinetuneSetting", "full"): "Mimicry, full fine-tuning: SD-shaped latent model pretrained on other photos, every UNet weight trained on the owner's 32 crops (64 px)",
+    ("PhotoFinetuneSetting", "lora"): "Mimicry, LoRA: the same base model, a peft LoRA trained on the owner's 32 crops (64 px)",
     ("ScratchSetting", "scratch"): "From scratch: pixel DDPM trained on the owner's 8x8 digits",
     ("FinetuneSetting", "lora"): "Fine-tuning with LoRA: latent diffusion pretrained on digits 0-6, fine-tuned on the owner's sevens",
     ("FinetuneSetting", "full"): "Full fine-tuning: the same base model, every UNet weight trained on the owner's sevens",
@@ -31,7 +36,48 @@ def summarise(runs: list[dict]) -> dict:
             if values:
                 row[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
         summary[f"{setting}/{mode}/{label}"] = row
+    for (setting, mode, label), members in groups.items():
+        row = summary[f"{setting}/{mode}/{label}"]
+        condition = row["condition"]
+        if label == "clean":
+            continue
+        clean = groups.get((setting, mode, "clean"))
+        noise_label = f"noise b{condition['budget']:g}" + (f" +{condition['countermeasure']}" if condition["countermeasure"] else "")
+        noise = groups.get((setting, mode, noise_label)) or groups.get((setting, mode, f"noise b{condition['budget']:g}"))
+        for metric in EFFECT_METRICS:
+            if clean:
+                row[f"{metric}_over_clean"] = paired_effect(members, clean, metric, ratio=True)
+            if noise and label != noise_label and members is not noise:
+                row[f"{metric}_minus_noise"] = paired_effect(members, noise, metric, ratio=False)
+        effects = [row.get(f"{m}_minus_noise") for m in EFFECT_METRICS]
+        row["differs_from_noise"] = any(e and e["low"] is not None and (e["low"] > 0 or e["high"] < 0) for e in effects)
     return summary
+
+
+def paired_effect(runs: list[dict], baseline: list[dict], metric: str, *, ratio: bool, level: float = 0.95) -> dict | None:
+    """Mean of the per-seed ratio (or difference) of `metric` between two conditions run with the same seeds, with a
+    t confidence interval over the seeds (None bounds with a single seed)."""
+    from scipy import stats
+
+    base = {r["seed"]: r[metric] for r in baseline if r.get(metric) is not None}
+    values = [(r[metric] / base[r["seed"]] if ratio else r[metric] - base[r["seed"]]) for r in runs
+              if r.get(metric) is not None and r["seed"] in base and (not ratio or base[r["seed"]])]  # fmt: skip
+    if not values:
+        return None
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return {"mean": mean, "low": None, "high": None, "seeds": 1}
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": len(values)}
+
+
+def _effect_cell(row: dict, key: str) -> str:
+    effect = row.get(key)
+    if not effect:
+        return "–"
+    if effect["low"] is None:
+        return f"{effect['mean']:.2f}"
+    return f"{effect['mean']:.2f} [{effect['low']:.2f}, {effect['high']:.2f}]"
 
 
 def _cell(row: dict, metric: str, digits: int = 2) -> str:
@@ -48,17 +94,23 @@ def _markdown(summary: dict, meta: dict) -> str:
              f"Plan `{meta['plan']['name']}`, seeds {tuple(meta['plan']['seeds'])}, torch {meta['torch']} on CPU ({meta['cpu_cores']} cores, {meta['jobs']} parallel jobs). "
              "Every cell is mean ± standard deviation over the seeds. Lower domain FID = the victim learned the owner's images better; "
              "precision/recall = share of generated samples inside the real-data manifold / of real samples covered by the generated one; "
-             "accuracy = share of generated samples the judge classifies as the owner's class.", ""]  # fmt: skip
+             "accuracy = share of generated samples the judge classifies as the owner's class; held-out clean loss = the victim's denoising "
+             "loss on clean images of the owner it never saw (higher = learned less of them). Ratios to clean are per-seed ratios (paired by "
+             "seed) with a 95% t interval over seeds; 'beyond noise' = the paired difference to uniform noise of the same budget (and "
+             "countermeasure) has a 95% interval excluding zero, for domain FID or held-out loss.", ""]  # fmt: skip
     for (setting, mode), title in SETTING_TITLES.items():
         rows = [r for r in summary.values() if r["setting"] == setting and r["mode"] == mode]
         if not rows:
             continue
         clean = next((r for r in rows if r["label"] == "clean"), None)
-        lines += [f"## {title}", "", "| condition | domain FID | precision | recall | accuracy | PSNR dB | SSIM | s / image | peak extra MiB | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## {title}", "", "| condition | domain FID | FID / clean [95% CI] | held-out clean loss | loss / clean [95% CI] | beyond noise | "
+                  "precision | recall | accuracy | PSNR dB | SSIM | s / image | peak extra MiB | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in sorted(rows, key=lambda r: (r["condition"]["countermeasure"] or "", r["condition"]["transfer"], r["label"] != "clean",
                                                -r.get("fid", {"mean": 0})["mean"])):  # fmt: skip
-            lines.append(f"| {row['label']} | {_cell(row, 'fid')} | {_cell(row, 'precision')} | {_cell(row, 'recall')} | {_cell(row, 'accuracy')} | "
+            beyond = "yes" if row.get("differs_from_noise") else ("no" if row["label"] != "clean" and not row["label"].startswith("noise") else "")
+            lines.append(f"| {row['label']} | {_cell(row, 'fid')} | {_effect_cell(row, 'fid_over_clean')} | {_cell(row, 'heldout_loss', 4)} | "
+                         f"{_effect_cell(row, 'heldout_loss_over_clean')} | {beyond} | {_cell(row, 'precision')} | {_cell(row, 'recall')} | {_cell(row, 'accuracy')} | "
                          f"{_cell(row, 'psnr', 1)} | {_cell(row, 'ssim', 3)} | {_cell(row, 'seconds_per_image', 3)} | "
                          f"{_cell(row, 'peak_extra_mib', 0)} | {row['seeds']} |")  # fmt: skip
         if clean and "fid" in clean:

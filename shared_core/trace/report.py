@@ -24,7 +24,7 @@ from .verify import EVIDENCE, Verification, VerifyResult
 THUMBNAIL = 128
 
 
-def _data_uri(image: np.ndarray) -> str:
+def image_data_uri(image: np.ndarray) -> str:
     pil = Image.fromarray(image)
     if max(pil.size) > THUMBNAIL:
         pil.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -41,7 +41,7 @@ def _grid(title: str, images: list[np.ndarray], scores: list[float], prompts: li
     for image, score, prompt in zip(images, scores, prompts):
         hit = score > threshold
         cells.append(
-            f'<figure class="{"hit" if hit else ""}"><img src="{_data_uri(image)}" alt="{html.escape(prompt)}">'
+            f'<figure class="{"hit" if hit else ""}"><img src="{image_data_uri(image)}" alt="{html.escape(prompt)}">'
             f"<figcaption>{'HIT ' if hit else ''}{score:.3f}<br>{html.escape(prompt)}</figcaption></figure>"
         )
     hits = sum(s > threshold for s in scores)

@@ -353,6 +353,21 @@ def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max:
 
 
 
+def pipeline_with_lora(pipeline, lora_path, strength: float = 1.0):
+    """A pipeline sharing `pipeline`'s VAE and scheduler, with the LoRA merged into copies of its UNet and text encoders."""
+    from ..lora import apply_lora
+
+    components = {name: copy.deepcopy(getattr(pipeline, name)) for name in ("unet", "text_encoder", "text_encoder_2") if getattr(pipeline, name, None) is not None}
+    apply_lora(components["unet"], [components.get("text_encoder"), components.get("text_encoder_2")], lora_path, strength)
+    return pipeline_with(pipeline, **components)
+
+
+def pipeline_with(pipeline, **replaced):
+    """The same kind of pipeline sharing `pipeline`'s components except `replaced` (and its safety-checker choice)."""
+    extra = {"requires_safety_checker": pipeline.config.requires_safety_checker} if "requires_safety_checker" in pipeline.config else {}
+    return type(pipeline)(**{**pipeline.components, **replaced}, **extra)
+
+
 def diffusers_generator(pipeline, *, steps: int = 25, guidance_scale: float = 5.0, height: int | None = None, width: int | None = None,
                         lora_path=None, lora_strength: float = 1.0) -> Generate:  # fmt: skip
     """A `Generate` over any diffusers text-to-image pipeline; with `lora_path`, on merged copies.
@@ -363,12 +378,7 @@ def diffusers_generator(pipeline, *, steps: int = 25, guidance_scale: float = 5.
     import torch
 
     if lora_path is not None:
-        from ..lora import apply_lora
-
-        pipeline = copy.copy(pipeline)
-        components = {name: copy.deepcopy(getattr(pipeline, name)) for name in ("unet", "text_encoder", "text_encoder_2") if getattr(pipeline, name, None) is not None}
-        apply_lora(components["unet"], [components.get("text_encoder"), components.get("text_encoder_2")], lora_path, lora_strength)
-        pipeline = type(pipeline)(**{**pipeline.components, **components})
+        pipeline = pipeline_with_lora(pipeline, lora_path, lora_strength)
     pipeline.set_progress_bar_config(disable=True)
 
     def generate(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:

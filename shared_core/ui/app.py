@@ -248,8 +248,65 @@ def _inspect_section(hooks: UIHooks) -> None:
     run.click(inspect, inputs=[upload, path, triggers], outputs=[text, report_file], api_name=_api_name(hooks, "inspect_lora"))
 
 
+def _mimicry_section(hooks: UIHooks) -> None:
+    gr.Markdown(
+        "Check protection on your own model: one LoRA is trained on your clean images and one on the protected copies, with "
+        "identical settings and seeds; both and the base model generate the same prompts and seeds. The report shows how much "
+        "less the protected LoRA learned (distance of samples to your images, and loss on your clean images)."
+    )
+    choices = list(hooks.model_choices())
+    methods = ["", *handlers.method_descriptions()]
+    with gr.Row():
+        with gr.Column():
+            model = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label="Model the LoRAs are trained on",
+                                elem_id=_elem("mimicry_model"))
+            model_path = gr.Textbox(label="...or a model path (diffusers folder or .safetensors)", elem_id=_elem("mimicry_model_path"))
+            clean = gr.Textbox(label="Folder of your clean images", elem_id=_elem("mimicry_clean"))
+            protected = gr.Textbox(label="Folder of their protected copies (same file names)", elem_id=_elem("mimicry_protected"))
+            method = gr.Dropdown(choices=methods, value="", label="...or protect the clean folder first with", elem_id=_elem("mimicry_method"))
+            prompt = gr.Textbox(value="a picture in the style of sks", label="Caption and prompt", elem_id=_elem("mimicry_prompt"))
+            lora_steps = gr.Slider(minimum=1, maximum=5000, step=1, value=500, label="LoRA training steps", elem_id=_elem("mimicry_steps"))
+            with gr.Accordion("More options", open=False):
+                lr = gr.Number(value=1e-4, label="LoRA learning rate", elem_id=_elem("mimicry_lr"))
+                n = gr.Slider(minimum=1, maximum=64, step=1, value=16, label="Samples per arm", elem_id=_elem("mimicry_n"))
+                resolution = gr.Number(value=0, precision=0, label="Resolution in pixels (0: the model's)", elem_id=_elem("mimicry_resolution"))
+                seeds = gr.Textbox(value="0", label="Seeds (comma-separated; several give the spread)", elem_id=_elem("mimicry_seeds"))
+                budget = gr.Slider(minimum=1, maximum=32, step=1, value=8, label="Budget when protecting here", elem_id=_elem("mimicry_budget"))
+                protect_steps = gr.Slider(minimum=1, maximum=1000, step=1, value=100, label="PGD steps when protecting here",
+                                          elem_id=_elem("mimicry_protect_steps"))
+            with gr.Row():
+                run = gr.Button("Run mimicry test", variant="primary", elem_id=_elem("mimicry_run"))
+                cancel = gr.Button("Cancel", variant="stop", elem_id=_elem("mimicry_cancel"))
+        with gr.Column():
+            status = gr.Markdown("", elem_id=_elem("mimicry_status"))
+            gallery = gr.Gallery(label="Base, clean LoRA, protected LoRA (same seeds)", columns=4, height=360, object_fit="contain",
+                                 elem_id=_elem("mimicry_gallery"))
+            report = gr.File(label="Report", file_count="multiple", interactive=False, elem_id=_elem("mimicry_report"))
+
+    def run_check(model_value, model_path_value, clean_value, protected_value, method_value, prompt_value, steps_value, lr_value, n_value,
+                  resolution_value, seeds_value, budget_value, protect_steps_value, progress=gr.Progress()):  # noqa: B008  (how gradio injects progress)
+        try:
+            result = handlers.run_check_protection(
+                hooks, model=(model_path_value or "").strip() or model_value or "", clean_folder=clean_value or "",
+                protected_folder=protected_value or "", method=method_value or "", budget=float(budget_value), protect_steps=int(protect_steps_value),
+                prompt=prompt_value or "", lora_steps=int(steps_value), lr=float(lr_value or 1e-4), resolution=int(resolution_value or 0),
+                n=int(n_value), seeds=seeds_value or "0", progress=_progress_adapter(progress),
+            )  # fmt: skip
+        except (UnlearnableError, ValueError, OSError) as exc:
+            raise _user_error(exc) from None
+        return result.status, result.gallery, (result.downloads or None)
+
+    run.click(
+        run_check,
+        inputs=[model, model_path, clean, protected, method, prompt, lora_steps, lr, n, resolution, seeds, budget, protect_steps],
+        outputs=[status, gallery, report],
+        api_name="check_protection",
+    )
+    cancel.click(lambda: hooks.interrupt(), inputs=None, outputs=None, queue=False)
+
+
 def build_ui(hooks: UIHooks, *, title: str = "Unlearnable") -> gr.Blocks:
-    """The whole UI as one gr.Blocks: Protect, Mark, Verify and Inspect LoRA sections."""
+    """The whole UI as one gr.Blocks: Protect, Mark, Verify, Mimicry test and Inspect LoRA sections."""
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
         if hooks.host == "standalone":
             gr.Markdown("# Unlearnable\nProtect images against diffusion-model training, trace unauthorised training, inspect LoRAs.")
@@ -260,6 +317,8 @@ def build_ui(hooks: UIHooks, *, title: str = "Unlearnable") -> gr.Blocks:
                 _mark_section(hooks)
             with gr.Tab("Verify", elem_id=_elem("tab_verify")):
                 _verify_section(hooks)
+            with gr.Tab("Mimicry test", elem_id=_elem("tab_mimicry")):
+                _mimicry_section(hooks)
             with gr.Tab("Inspect LoRA", elem_id=_elem("tab_lora")):
                 _inspect_section(hooks)
     return blocks

@@ -475,3 +475,84 @@ def run_verify(
                           result=verification.to_dict(reveal_triggers=not several))
 
     return hooks.run_exclusive(work)
+
+
+@dataclass
+class MimicryView:
+    status: str
+    gallery: list[tuple[str, str]] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    result: dict | None = None
+
+
+def run_check_protection(
+    hooks: UIHooks,
+    *,
+    model: str,
+    clean_folder: str,
+    protected_folder: str = "",
+    method: str = "",
+    budget: float = 8.0,
+    protect_steps: int = 100,
+    prompt: str = "a picture in the style of sks",
+    lora_steps: int = 500,
+    lr: float = 1e-4,
+    resolution: int = 0,
+    n: int = 16,
+    seeds: str = "0",
+    progress: ProgressFn | None = None,
+) -> MimicryView:
+    """The mimicry test of `unlearnable check-protection`: a LoRA on the clean and one on the protected images, compared."""
+    from PIL import Image
+
+    from ..mimicry import MimicrySettings, check_protection, protect_for_check, write_mimicry_report
+
+    model = (model or "").strip()
+    if not model:
+        raise SettingsError("choose the model the LoRAs are trained on")
+    clean = Path((clean_folder or "").strip()).expanduser()
+    if not clean_folder or not clean.is_dir():
+        raise SettingsError(f"clean images folder not found: {clean_folder!r}")
+    if not method and not (protected_folder or "").strip():
+        raise SettingsError("give the folder of protected copies, or choose a method to protect the clean folder first")
+    settings = MimicrySettings(prompt=prompt or MimicrySettings.prompt, lora_steps=int(lora_steps), lr=float(lr), resolution=int(resolution or 0) or None,
+                               n=int(n), seeds=tuple(int(s) for s in str(seeds).replace(" ", "").split(",") if s) or (0,))  # fmt: skip
+
+    def work() -> MimicryView:
+        if progress is not None:
+            progress(0.0, f"loading {model}")
+        surrogate = hooks.get_surrogate(model)
+        pipeline = getattr(surrogate, "pipeline", None)
+        if pipeline is None:
+            raise SettingsError(f"{model}: the mimicry test trains LoRAs on a diffusers model; give a diffusers folder or .safetensors path")
+        out_dir = new_run_dir(hooks, "mimicry")
+        protected = Path(protected_folder.strip()).expanduser() if not method else None
+        if method:
+            protected = protect_for_check(surrogate, clean, out_dir, method=method, budget=float(budget), steps=int(protect_steps), prompt=settings.prompt,
+                                          progress_factory=_step_progress(hooks, progress, "tile-steps"))  # fmt: skip
+
+        def report(stage: str, done: int, total: int) -> None:
+            if hooks.is_interrupted():
+                raise Cancelled("cancelled")
+            if progress is not None:
+                progress(done / max(total, 1), f"{stage}: {done}/{total}")
+
+        try:
+            result, shown = check_protection(pipeline, {"model": model, "demo_only": surrogate.demo_only}, clean, protected, out_dir, settings, progress=report)
+        except Cancelled:
+            return MimicryView(status=f"**Cancelled.** LoRAs trained so far are kept in `{out_dir / 'loras'}`.")
+        html_path = write_mimicry_report(result, shown, out_dir)
+        gallery = []
+        for arm in ("base", "clean", "protected"):
+            for index, image in enumerate(shown[arm][:4]):
+                path = out_dir / "images" / f"{arm}-{index:02d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path)
+                gallery.append((str(path), f"{arm} LoRA" if arm != "base" else "base model"))
+        status = ["**Mimicry test**", result.summary["text"], f"Report: `{html_path}`"]
+        if surrogate.demo_only:
+            status.insert(1, DEMO_NOTE.format(model=model))
+        return MimicryView(status="\n\n".join(status), gallery=gallery, downloads=[str(html_path), str(out_dir / "mimicry-report.json")],
+                           result=result.to_dict())
+
+    return hooks.run_exclusive(work)

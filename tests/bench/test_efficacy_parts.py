@@ -5,8 +5,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from shared_core.bench.efficacy import FULL, QUICK, Condition, RunLog, countermeasure, planned_run_ids, protection_run_id, uniform_noise
+from shared_core.bench.efficacy import (
+    FULL,
+    QUICK,
+    Condition,
+    RunLog,
+    countermeasure,
+    planned_run_ids,
+    protection_run_id,
+    uniform_noise,
+)
 from shared_core.bench.report import write_results
 from tests.conftest import real_photo
 
@@ -46,22 +56,54 @@ def test_planned_run_ids_name_every_run_of_the_plan_and_nothing_else():
     ids = planned_run_ids(FULL)
     assert len(ids) == len(set(ids)) == len(FULL.seeds) * (len(FULL.scratch_conditions) + len(FULL.finetune_conditions)
                                                            + len(FULL.lora_conditions))  # fmt: skip
-    assert protection_run_id("FinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
-    assert protection_run_id("FinetuneSetting", "lora", Condition("aspl"), 0) not in ids  # ASPL is not run as a LoRA victim
+    assert protection_run_id("PhotoFinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
+    assert protection_run_id("PhotoScratchSetting", "scratch", Condition("encoder"), 0) not in ids  # a pixel model has no encoder to attack
+    assert not any(i.startswith(("FinetuneSetting/", "ScratchSetting/")) for i in ids)  # digits are the quick plan only
+    assert any("scope=dataset" in i for i in ids) and any("scope=batch" in i for i in ids)
 
 
 def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
     runs = []
     for seed in range(3):
-        for condition, fid in ((Condition("clean"), 2.0), (Condition("noise"), 2.1), (Condition("eudp", timesteps="survival"), 3.0)):
+        for condition, fid in ((Condition("clean"), 2.0), (Condition("noise"), 2.1), (Condition("eudp", timesteps="survival"), 3.0),
+                               (Condition("advdm"), 2.1 + (0.3, -0.3, 0.05)[seed])):  # fmt: skip
             runs.append({"setting": "FinetuneSetting", "mode": "lora", "label": condition.label, "condition": condition.__dict__,
                          "seed": seed, "fid": fid + 0.1 * seed, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "psnr": 34.0, "ssim": 0.99,
-                         "seconds_per_image": 0.1, "peak_extra_mib": 5.0})  # fmt: skip
+                         "seconds_per_image": 0.1, "peak_extra_mib": 5.0, "heldout_loss": 0.1})  # fmt: skip
     meta = {"plan": {"name": "test", "seeds": [0, 1, 2]}, "torch": "x", "cpu_cores": 2, "jobs": 2}
     results = write_results(runs, tmp_path, meta)
     row = results["summary"]["FinetuneSetting/lora/eudp[survival] b8"]
     assert row["seeds"] == 3 and abs(row["fid"]["mean"] - 3.1) < 1e-9 and abs(row["fid"]["std"] - 0.1) < 1e-9
+    # paired by seed: EUDP is 0.9 above noise in every seed (beyond the interval); AdvDM's differences straddle zero
+    assert row["fid_minus_noise"]["mean"] == pytest.approx(0.9) and row["differs_from_noise"]
+    assert row["fid_over_clean"]["mean"] == pytest.approx(sum((3.0 + 0.1 * s) / (2.0 + 0.1 * s) for s in range(3)) / 3)
+    advdm = results["summary"]["FinetuneSetting/lora/advdm b8"]
+    assert advdm["fid_minus_noise"]["low"] < 0 < advdm["fid_minus_noise"]["high"] and not advdm["differs_from_noise"]
+    assert advdm["heldout_loss_over_clean"]["mean"] == pytest.approx(1.0)
     table = (tmp_path / "RESULTS.md").read_text()
     assert "3.10 ± 0.10" in table
     assert json.loads((tmp_path / "results.json").read_text())["summary"]
     assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_photo_settings_craft_train_and_score_with_tiny_steps():
+    """Every part of the photo settings runs: SD-shaped autoencoder (8x, 4 channels), base, crafting, full/LoRA/scratch victims."""
+    from dataclasses import replace
+
+    from shared_core.bench.efficacy import MIST, NOISE, PhotoFinetuneSetting, PhotoScratchSetting
+
+    plan = replace(FULL, seeds=(0,), protect_steps=1, scratch_images=8, scratch_surrogate_steps=2, photo_owner_images=8, photo_heldout_images=2,
+                   photo_autoencoder_images=24, photo_autoencoder_steps=2, photo_base_images=24, photo_base_steps=2, photo_victim_steps=2,
+                   photo_judge_images=52, samples=4, sample_steps=2)  # fmt: skip
+    finetune = PhotoFinetuneSetting(plan)
+    vae = finetune.base().vae
+    assert len(vae.config.block_out_channels) == 4 and vae.config.latent_channels == 4 and finetune.caption == "a photo of sks cat"
+    protected, cost = finetune.craft(MIST, 0)
+    assert len(protected) == 8 and protected[0].shape == (64, 64, 3) and cost["seconds_per_image"] > 0
+    for mode in ("full", "lora"):
+        scores, samples = finetune.victim(protected, 0, mode)
+        assert np.isfinite(scores["heldout_loss"]) and np.isfinite(scores["fid"]) and 0 <= scores["accuracy"] <= 1 and len(samples) == 4
+    scratch = PhotoScratchSetting(plan)
+    scores, samples = scratch.victim(scratch.craft(NOISE, 0)[0], 0)
+    assert np.isfinite(scores["heldout_loss"]) and samples[0].shape == (32, 32, 3)

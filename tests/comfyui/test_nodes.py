@@ -23,8 +23,8 @@ from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate
 
 from .conftest import comfy_like, runtime, tiny_pipeline
 
-NODE_IDS = ["UnlearnableProtectImage", "UnlearnableProtectionReport", "UnlearnableSaveProtectedImage", "UnlearnableMarkWithTemplate", "UnlearnableVerifyModel",
-            "UnlearnableInspectLoRA"]  # fmt: skip
+NODE_IDS = ["UnlearnableProtectImage", "UnlearnableProtectionReport", "UnlearnableSaveProtectedImage", "UnlearnableMarkWithTemplate",
+            "UnlearnableVerifyModel", "UnlearnableInspectLoRA", "UnlearnableMimicryTest"]  # fmt: skip
 
 
 def as_image(*arrays: np.ndarray) -> torch.Tensor:
@@ -286,3 +286,27 @@ def test_inspect_lora_lists_loras_and_finds_the_trigger(pack, comfy_host):
     assert runtime.node_info(node)["input"]["required"]["lora_name"][0] == ["style.safetensors"]
     (text, as_json), ui = runtime.run_node(node, lora_name="style.safetensors", triggers="zqv7, nothere")
     assert "FOUND 'zqv7'" in text and json.loads(as_json)["trigger_hits"] and ui == {"text": [text]}
+
+
+@pytest.mark.slow
+def test_mimicry_test_protects_trains_both_loras_and_reports(pack, comfy_host, progress_log):
+    from PIL import Image
+
+    from shared_core.bench.datasets import photo_crops
+
+    clean = comfy_host["base"] / "input" / "cats"
+    clean.mkdir(parents=True)
+    images, _, labels = photo_crops(36, 48, seed=3)
+    for index, image in enumerate(image for image, label in zip(images, labels) if label == 1):
+        Image.fromarray(image).save(clean / f"cat{index}.png")
+    node = pack.NODE_CLASS_MAPPINGS["UnlearnableMimicryTest"]
+    info = runtime.node_info(node)["input"]
+    assert "builtin:tiny" in info["required"]["model_name"][0] and "eudp" in info["required"]["method"][0]
+    (text, base, clean_lora, protected_lora, html), ui = runtime.run_node(
+        node, model_name="builtin:tiny", clean_folder="cats", method="eudp", budget=16.0, protect_steps=2, lora_steps=4, lr=3e-3,
+        resolution=32, n=2, sample_steps=2, seeds="0")  # fmt: skip
+    assert base.shape == clean_lora.shape == protected_lora.shape == (2, 32, 32, 3)
+    report = json.loads((Path(html).parent / "mimicry-report.json").read_text())
+    losses = report["per_seed"][0]["clean_data_loss"]
+    assert losses["clean"] != losses["protected"] and report["model"]["host"] == "ComfyUI"
+    assert "report:" in text and ui == {"text": [text]} and progress_log[-1] == (8, 8)

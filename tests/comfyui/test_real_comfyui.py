@@ -38,7 +38,7 @@ def test_example_workflows_run_in_a_real_comfyui(tmp_path):
     with comfy_server(tmp_path) as server:
         object_info = server.get("/object_info")
         ours = {name: info for name, info in object_info.items() if name.startswith("Unlearnable")}
-        assert sorted(ours) == ["UnlearnableInspectLoRA", "UnlearnableMarkWithTemplate", "UnlearnableProtectImage",
+        assert sorted(ours) == ["UnlearnableInspectLoRA", "UnlearnableMarkWithTemplate", "UnlearnableMimicryTest", "UnlearnableProtectImage",
                                 "UnlearnableProtectionReport", "UnlearnableSaveProtectedImage", "UnlearnableVerifyModel"]  # fmt: skip
         assert ours["UnlearnableProtectImage"]["category"] == "Unlearnable"
         assert "eudp" in json.dumps(ours["UnlearnableProtectImage"]["input"]["required"]["method"])

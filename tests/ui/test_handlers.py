@@ -170,3 +170,21 @@ def test_mark_into_a_folder_outside_the_outputs_shows_copies_from_the_outputs(tm
     [key] = hooks.resolve_keys_dir().glob("marked-*.trace-key.json")
     download = Path(result.downloads[0])
     assert download.read_bytes() == key.read_bytes() and not download.is_relative_to(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_mimicry_test_protects_trains_and_reports(tmp_path, photo_file):
+    clean = tmp_path / "out" / "clean"  # inside the app's outputs folder: typed paths are confined to allowed folders
+    clean.mkdir(parents=True)
+    for index in range(4):
+        Image.open(photo_file).rotate(90 * index).crop((0, 0, 64, 64)).save(clean / f"img{index}.png")
+    hooks = StandaloneHooks(outputs_dir=tmp_path / "out", device="cpu")
+    fractions = []
+    view = handlers.run_check_protection(hooks, model="builtin:tiny", clean_folder=str(clean), method="advdm", budget=16, protect_steps=2,
+                                         lora_steps=3, lr=3e-3, resolution=32, n=2, progress=lambda fraction, desc: fractions.append(desc))  # fmt: skip
+    assert [Path(p).name for p in view.downloads] == ["mimicry-report.html", "mimicry-report.json"]
+    losses = view.result["per_seed"][0]["clean_data_loss"]
+    assert losses["clean"] != losses["protected"] and len(view.gallery) == 6
+    assert "Demo model" in view.status and any(desc.startswith("train protected LoRA") for desc in fractions)
+    with pytest.raises(SettingsError, match="protected copies"):
+        handlers.run_check_protection(hooks, model="builtin:tiny", clean_folder=str(clean))
