@@ -67,6 +67,7 @@ def cmd_protect(args) -> int:
     skips outputs already made with the same settings.
     """
     from .protect import ProtectSettings, protect_files
+    from .protect.pipeline import SUMMARY_NAME
     from .surrogates import load_surrogate
 
     settings = ProtectSettings(
@@ -104,19 +105,20 @@ def cmd_protect(args) -> int:
         progress_factory=_tqdm_factory(not args.no_progress, "tile-step"),
     )
     report = summary.to_dict()
-    atomic_write_text(Path(args.out) / "protect-summary.json", json.dumps(report, indent=2))
+    atomic_write_text(Path(args.out) / SUMMARY_NAME, json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for outcome in summary.outcomes:
             if outcome.status == "protected":
-                print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}")
+                notes = f"  ({'; '.join(outcome.notes)})" if outcome.notes else ""
+                print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}{notes}")
             elif outcome.status == "skipped":
                 print(f"skipped    {outcome.output}  (already protected with these settings)")
         totals = report["totals"]
         print(
             f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
-            f"in {totals['seconds']:.1f} s; summary: {Path(args.out) / 'protect-summary.json'}"
+            f"in {totals['seconds']:.1f} s; summary: {Path(args.out) / SUMMARY_NAME}"
         )
     for outcome in summary.failed:
         print(f"error: {outcome.source}: {outcome.error}", file=sys.stderr)
@@ -287,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default: the model's native resolution)")
     protect.add_argument("--low-memory", action="store_true", help="gradient checkpointing: less memory, about a third slower")
     protect.add_argument("--seed", type=int, default=0)
-    protect.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output format (default png, lossless)")
-    protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    protect.add_argument("--format", default="png", choices=["png", "jpeg", "webp", "auto"],
+                         help="output format (default png, lossless); auto keeps each input's (JPEG at a quality that keeps the perturbation)")
+    protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95; with --format auto, the lowest JPEG quality tried)")
     protect.add_argument("--json", action="store_true", help="print the JSON summary to stdout")
     protect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     protect.set_defaults(func=cmd_protect)

@@ -72,3 +72,33 @@ def photo_batch(photos) -> torch.Tensor:
     from shared_core.images import rgb_to_tensor
 
     return torch.stack([rgb_to_tensor(photos[0][40:104, 200:264]), rgb_to_tensor(photos[1][60:124, 120:184])])
+
+
+def png_with_declared_size(path: Path, width: int, height: int) -> Path:
+    """A real 8x8 PNG whose header claims width x height: a decompression bomb's header, tiny on disk."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 60, 30)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    body = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = body
+    data[29:33] = struct.pack(">I", zlib.crc32(body))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def truncated_jpeg(path: Path, photo: np.ndarray) -> Path:
+    """A real JPEG cut at two thirds: its header reads fine, its pixels do not all decode."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=90)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    return path
