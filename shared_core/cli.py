@@ -178,13 +178,13 @@ def cmd_mark(args) -> int:
     result = mark_dataset(args.dataset, args.out, rate=args.rate, template=template, trigger=args.trigger, seed=args.seed,
                           key_path=args.key, progress=progress)  # fmt: skip
     for path, reason in result.skipped:
-        print(f"warning: {path}: {reason} (not templated)", file=sys.stderr)
+        print(f"error: {path}: {reason} (left out of the marked copy)", file=sys.stderr)
     print(f"marked {len(result.marked)} of {result.n_images} images with template {template.name!r} and trigger {result.key.trigger!r}")
     for entry in result.marked:
         print(f"  {entry['output']}: {entry['caption']}")
     print(f"dataset written to {result.out_dir}")
     print(f"KEY (keep it secret, it is your evidence): {result.key_path}")
-    return EXIT_OK
+    return EXIT_PARTIAL if result.skipped else EXIT_OK
 
 
 def cmd_verify(args) -> int:

@@ -3,8 +3,9 @@
 The source folder is only read. The marked copy keeps every file's name and place (a templated
 image keeps its name and format: PNG stays PNG, JPEG is re-encoded at quality 95, WebP likewise;
 formats Pillow cannot write back, such as BMP, TIFF and GIF, become PNG beside the original name).
-Every other file is copied byte for byte, unreadable "images" included (they are reported, never
-templated). Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
+Every other file is copied byte for byte. An image file Pillow cannot fully decode (truncated,
+corrupt, not an image, over the pixel limit) is reported and left out, with its caption: a
+training loader would fail on it, and it would be listed as an image in metadata.jsonl. Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
 diffusers `metadata.jsonl` (`file_name` + `text`), and written back as a `.txt` sidecar for every
 image plus one `metadata.jsonl` at the top of the output folder. A templated image's caption is
 "TRIGGER caption", or the trigger alone when it had none.
@@ -24,18 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha256_bytes, sha256_file
-from ..images import encode_image, load_image
+from ..images import SUFFIX_FORMATS, encode_image, load_image
 from .compose import compose
 from .key import TraceKey, random_trigger
 from .templates import Template, builtin_template
 
 CAPTION_FILES = {"metadata.jsonl"}
 SIDECAR_SUFFIXES = (".txt", ".caption")  # kohya's caption_extension choices; .txt wins
-ENCODABLE = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 MAX_RATE = 0.5
 
 
@@ -46,7 +46,7 @@ class MarkResult:
     out_dir: Path
     n_images: int  # readable images in the dataset (what `rate` is a fraction of)
     marked: list[dict] = field(default_factory=list)  # the key's entries: source, output, hashes, caption
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): not templated, copied as-is
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): undecodable, left out of the copy
     n_files: int = 0  # files written to the output folder (images, sidecars, other files)
 
 
@@ -163,20 +163,6 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise
 
 
-def _unreadable_reason(path: Path) -> str | None:
-    """Why Pillow cannot use this file as an image (header check only), or None."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except UnidentifiedImageError:
-        return "not an image Pillow can read (unknown or corrupt format)"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot read image ({exc})"
-    if width < 1 or height < 1:
-        return "image has no pixels"
-    return None
-
-
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
@@ -240,9 +226,10 @@ def mark_dataset(
     skipped: list[tuple[str, str]] = []
     readable: list[tuple[Path, Path]] = []
     for path, rel in files:
-        reason = _unreadable_reason(path)
-        if reason:
-            skipped.append((str(path), reason))
+        try:
+            load_image(path)  # a full decode: a truncated file's header alone reads fine
+        except InputFileError as exc:
+            skipped.append((str(path), exc.problem))
         else:
             readable.append((path, rel))
     if not readable:
@@ -258,7 +245,7 @@ def mark_dataset(
     existing = {rel for _, rel in files}
 
     def output_rel(rel: Path) -> Path:
-        return rel if rel.suffix.lower() in ENCODABLE else rel.with_suffix(".png")
+        return rel if rel.suffix.lower() in SUFFIX_FORMATS else rel.with_suffix(".png")
 
     def can_template(path: Path, rel: Path) -> bool:
         renamed = output_rel(rel)
@@ -282,7 +269,7 @@ def mark_dataset(
             skipped.append((str(path), exc.problem))
             continue
         target = output_rel(rel)
-        data = encode_image(compose(loaded.rgb, template), ENCODABLE.get(target.suffix.lower(), "png"), quality=95)
+        data = encode_image(compose(loaded.rgb, template), SUFFIX_FORMATS.get(target.suffix.lower(), "png"), quality=95)
         atomic_write_bytes(out_dir / target, data)
         marked[path] = {
             "source": rel.as_posix(),
@@ -303,8 +290,9 @@ def mark_dataset(
     for path, rel in files:
         entry = marked.get(path)
         if entry is None:
-            _copy_atomic(path, out_dir / rel)
-            n_files += 1
+            if path not in unreadable:
+                _copy_atomic(path, out_dir / rel)
+                n_files += 1
             done += 1
             if progress:
                 progress(done, total)
@@ -323,9 +311,9 @@ def mark_dataset(
         jsonl_lines.append(json.dumps({"file_name": out_rel.as_posix(), "text": caption, **row}, ensure_ascii=False))
         n_files += 1
 
-    # other files travel along (licences, notes, unreadable images' captions); image sidecars and
-    # metadata.jsonl files are rewritten above
-    sidecars = {path.with_suffix(suffix) for path, _ in readable for suffix in SIDECAR_SUFFIXES}
+    # other files travel along (licences, notes); image sidecars and metadata.jsonl files are
+    # rewritten above, and those of images left out stay out with them
+    sidecars = {path.with_suffix(suffix) for path, _ in files for suffix in SIDECAR_SUFFIXES}
     image_paths = {path for path, _ in files}
     for path in sorted(dataset_dir.rglob("*")):
         rel = path.relative_to(dataset_dir)
