@@ -269,7 +269,7 @@ def _previous_outcomes(out_dir: Path) -> dict[str, dict]:
     """The per-image entries of an earlier run's summary, by output path (empty if none or unreadable)."""
     try:
         report = json.loads((out_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
-        return {entry["output"]: entry for entry in report["images"] if entry.get("status") == "protected"}
+        return {entry["output"]: entry for entry in report["images"] if entry.get("psnr") is not None}  # protected or resumed
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
