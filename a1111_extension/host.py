@@ -110,7 +110,6 @@ class WebUIHooks(UIHooks):
         return [f"{LOADED_PREFIX} ({loaded_checkpoint_title()})", *BUILTIN_MODELS]
 
     def _get_surrogate(self, choice: str):
-        from modules import shared
 
         if choice.startswith(LOADED_PREFIX):
             from .surrogate import WebUISurrogate

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 some inputs failed (the rest were processed), 2 bad usa
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import sys
@@ -102,6 +103,7 @@ def cmd_protect(args) -> int:
     """
     from .optout import optout_line
     from .protect import ProtectSettings, protect_files
+    from .protect.pipeline import SUMMARY_NAME
     from .surrogates import load_surrogate
 
     settings = ProtectSettings(
@@ -141,15 +143,16 @@ def cmd_protect(args) -> int:
         optout=optout,
     )
     report = summary.to_dict()
-    atomic_write_text(Path(args.out) / "protect-summary.json", json.dumps(report, indent=2))
+    atomic_write_text(Path(args.out) / SUMMARY_NAME, json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for outcome in summary.outcomes:
             if outcome.status == "protected":
+                notes = f"  ({'; '.join(outcome.notes)})" if outcome.notes else ""
                 print(
                     f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}  "
-                    f"objective {outcome.objective_first:.4f} -> {outcome.objective_last:.4f}"
+                    f"objective {outcome.objective_first:.4f} -> {outcome.objective_last:.4f}{notes}"
                 )
             elif outcome.status == "skipped":
                 print(f"skipped    {outcome.output}  (already protected with these settings)")
@@ -157,48 +160,90 @@ def cmd_protect(args) -> int:
         totals = report["totals"]
         print(
             f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
-            f"in {totals['seconds']:.1f} s; summary: {Path(args.out) / 'protect-summary.json'}"
+            f"in {totals['seconds']:.1f} s; summary: {Path(args.out) / SUMMARY_NAME}"
         )
     for outcome in summary.failed:
         print(f"error: {outcome.source}: {outcome.error}", file=sys.stderr)
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
+def _source_tree(module: str) -> ast.Module:
+    return ast.parse((Path(__file__).parent / Path(*module.split("."))).with_suffix(".py").read_text(encoding="utf-8"))
+
+
+def _assigned(tree: ast.Module, name: str) -> ast.expr:
+    """The value of the module-level assignment `name = ...` (annotated or not)."""
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return node.value
+    raise LookupError(name)
+
+
+def _dict_keys(module: str, name: str) -> list[str]:
+    return [ast.literal_eval(key) for key in _assigned(_source_tree(module), name).keys]
+
+
+def _method_docs() -> list[tuple[str, str]]:
+    """(method name, class docstring) in OBJECTIVES order, read from the objectives' source with `ast`.
+
+    The docstrings stay the one description of each method, and listing them does not import torch
+    (seconds). A layout this reader does not follow falls back to importing the classes.
+    """
+    try:
+        package = "protect.objectives"
+        init = _source_tree(f"{package}.__init__")
+        module_of = {a.name: n.module for n in init.body if isinstance(n, ast.ImportFrom) and n.level == 1 for a in n.names}
+        classes = next(n for n in ast.walk(_assigned(init, "OBJECTIVES")) if isinstance(n, ast.Tuple)).elts
+        docs = []
+        for class_name in (element.id for element in classes):
+            tree = _source_tree(f"{package}.{module_of[class_name]}")
+            definition = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+            docs.append((ast.literal_eval(_assigned(definition, "name")), ast.get_docstring(definition) or ""))
+        return docs
+    except (LookupError, StopIteration, AttributeError, ValueError, OSError, SyntaxError):
+        import inspect
+
+        from .protect.objectives import OBJECTIVES
+
+        return [(name, inspect.cleandoc(cls.__doc__ or "")) for name, cls in OBJECTIVES.items()]
+
+
 def cmd_methods(args) -> int:
     """List the protection methods with their papers, defaults and options."""
-    import inspect
-
-    from .protect.objectives import OBJECTIVES
-    from .protect.timesteps import SCHEDULES
-    from .protect.transforms import ROBUSTNESS_TRANSFORMS
-
-    for name, cls in OBJECTIVES.items():
-        print(f"== {name} ==\n{inspect.cleandoc(cls.__doc__ or '')}\n")
-    print("timestep schedules (--timesteps):", ", ".join(SCHEDULES))
-    print("robustness transforms (--robust):", ", ".join(ROBUSTNESS_TRANSFORMS))
+    for name, doc in _method_docs():
+        print(f"== {name} ==\n{doc}\n")
+    print("timestep schedules (--timesteps):", ", ".join(_dict_keys("protect.timesteps", "SCHEDULES")))
+    print("robustness transforms (--robust):", ", ".join(_dict_keys("protect.transforms", "ROBUSTNESS_TRANSFORMS")))
     return EXIT_OK
 
 
 def cmd_info(args) -> int:
+    """Versions and built-in models at once; devices last, as only torch can tell them."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    import diffusers
-    import torch
-
-    from .surrogates import BUILTIN_MODELS
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     print(f"unlearnable {__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}")
+    print(", ".join(f"{name} {installed(name)}" for name in ("torch", "diffusers", "transformers", "peft", "pillow", "gradio")))
+    print("built-in models:")
+    for name, text in ast.literal_eval(_assigned(_source_tree("surrogates.loading"), "BUILTIN_MODELS")).items():
+        print(f"  {name}: {text}")
+    print("devices (importing torch)...", flush=True)
+    import torch
+
     print(f"cuda available: {torch.cuda.is_available()}")
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         print(f"  cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GiB")
     mps = getattr(torch.backends, "mps", None)
     print(f"mps available: {bool(mps and mps.is_available())}")
-    print("built-in models:")
-    for name, text in BUILTIN_MODELS.items():
-        print(f"  {name}: {text}")
     return EXIT_OK
 
 
@@ -218,7 +263,7 @@ def cmd_mark(args) -> int:
     result = mark_dataset(args.dataset, args.out, rate=args.rate, template=template, trigger=args.trigger, seed=args.seed,
                           key_path=args.key, progress=progress, optout=optout)  # fmt: skip
     for path, reason in result.skipped:
-        print(f"warning: {path}: {reason} (not templated)", file=sys.stderr)
+        print(f"error: {path}: {reason} (left out of the marked copy)", file=sys.stderr)
     print(f"marked {len(result.marked)} of {result.n_images} images with template {template.name!r} and trigger {result.key.trigger!r}")
     for entry in result.marked:
         print(f"  {entry['output']}: {entry['caption']}")
@@ -228,7 +273,7 @@ def cmd_mark(args) -> int:
 
         print(optout_line(optout.describe()))
     print(f"KEY (keep it secret, it is your evidence): {result.key_path}")
-    return EXIT_OK
+    return EXIT_PARTIAL if result.skipped else EXIT_OK
 
 
 def _verification(args, key_args: list[str], lora: str | None):
@@ -458,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default: the model's native resolution)")
     protect.add_argument("--low-memory", action="store_true", help="gradient checkpointing: less memory, about a third slower")
     protect.add_argument("--seed", type=int, default=0)
-    protect.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output format (default png, lossless)")
-    protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    protect.add_argument("--format", default="png", choices=["png", "jpeg", "webp", "auto"],
+                         help="output format (default png, lossless); auto keeps each input's (JPEG at a quality that keeps the perturbation)")
+    protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95; with --format auto, the lowest JPEG quality tried)")
     protect.add_argument("--json", action="store_true", help="print the JSON summary to stdout")
     protect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_optout_arguments(protect)

@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputFileError
 from .files import atomic_write_bytes
 
-#: Refuse images above this many pixels before decoding them (decompression bombs).
+#: The one pixel limit: images above it are refused from their header, before any decoding
+#: (decompression bombs), by every reader here; Pillow's own, lower limit is lifted to it meanwhile.
 MAX_PIXELS = 250_000_000
 METADATA_KEY = "unlearnable"
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+#: file suffixes written back in their own container; anything else (BMP, TIFF, GIF) becomes PNG
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_PILLOW_SETTINGS = threading.RLock()
 _EXIF_ORIENTATION = 0x0112
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 
@@ -37,6 +46,11 @@ class LoadedImage:
     exif: bytes | None = None
     source_mode: str = "RGB"
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def greyscale(self) -> bool:
+        """A one-channel source (L, LA, 16-bit, float): written back as L / LA, not as colour."""
+        return self.source_mode in GREY_MODES
 
     @property
     def size(self) -> tuple[int, int]:
@@ -58,6 +72,64 @@ def tensor_to_rgb(tensor: torch.Tensor) -> np.ndarray:
     return array.permute(1, 2, 0).cpu().numpy()
 
 
+@contextmanager
+def _strict_pillow(max_pixels: int) -> Iterator[None]:
+    """Pillow's global bomb limit set to ours and truncated files refused, whatever a host set.
+
+    Both settings are module globals of Pillow (ComfyUI turns LOAD_TRUNCATED_IMAGES on), so they are
+    set for the duration of one read only, under a lock.
+    """
+    with _PILLOW_SETTINGS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own check below says it
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _decode_problem(exc: BaseException, max_pixels: int) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read (unknown or corrupt format)"
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow refuses twice our limit already in open()
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        return f"{int(declared[1]):,} pixels is more than the {max_pixels:,} allowed" if declared else str(exc)
+    return f"cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InputFileError(path, f"{width}x{height} pixels is more than the {max_pixels:,} allowed")
+    if width < 1 or height < 1:
+        raise InputFileError(path, "image has no pixels")
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """EXIF orientation without decoding: a PNG's getexif() decodes the pixels to find a late eXIf chunk."""
+    if image.format != "PNG":
+        return image.getexif().get(_EXIF_ORIENTATION, 1)
+    exif = Image.Exif()
+    if image.info.get("exif"):
+        exif.load(image.info["exif"])
+    return exif.get(_EXIF_ORIENTATION, 1)
+
+
+def read_image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as stored, from the header only; InputFileError as `load_image` would raise."""
+    path = Path(path)
+    try:
+        with _strict_pillow(max_pixels), Image.open(path) as image:
+            width, height = image.size
+            orientation = _header_orientation(image)
+    except InputFileError:
+        raise
+    except Exception as exc:  # untrusted file: whatever Pillow raises (warnings turned errors too) is this file's problem
+        raise InputFileError(path, _decode_problem(exc, max_pixels)) from None
+    _check_pixels(path, width, height, max_pixels)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Open `path` and convert it to 8-bit RGB, keeping alpha, ICC profile and EXIF aside.
 
@@ -65,24 +137,18 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(path, "no such file")
+        raise InputFileError(path, "is a folder, not an image file" if path.is_dir() else "no such file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InputFileError(path, f"{width}x{height} pixels is more than the {max_pixels:,} allowed")
+        with _strict_pillow(max_pixels), Image.open(path) as image:
+            _check_pixels(path, *image.size, max_pixels)
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             image.load()
             return _convert(image)
     except InputFileError:
         raise
-    except UnidentifiedImageError:
-        raise InputFileError(path, "not an image Pillow can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputFileError(path, f"cannot decode image ({exc})") from None
+    except Exception as exc:  # untrusted file: whatever Pillow raises (warnings turned errors too) is this file's problem
+        raise InputFileError(path, _decode_problem(exc, max_pixels)) from None
 
 
 def _convert(image: Image.Image) -> LoadedImage:
@@ -143,10 +209,18 @@ def encode_image(
     metadata: dict | None = None,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
+    grey: bool = False,
 ) -> bytes:
-    """Encode to bytes with `metadata` (JSON) stored where each format keeps text."""
+    """Encode to bytes with `metadata` (JSON) stored where each format keeps text.
+
+    grey: write one channel (L, or LA with alpha), for a greyscale source. Pillow's RGB->L weights
+    sum to one, so a grey pixel perturbed by at most k per channel stays within k after conversion.
+    WebP has no grey mode and stores such an image as RGB.
+    """
     pil_format = OUTPUT_FORMATS[fmt.lower()]
     image = Image.fromarray(rgb, "RGB")
+    if grey:
+        image = image.convert("L")
     if alpha is not None and pil_format != "JPEG":
         image.putalpha(Image.fromarray(alpha, "L"))
     text = json.dumps(metadata, sort_keys=True) if metadata else None

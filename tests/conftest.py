@@ -98,3 +98,33 @@ def assert_optimised(surrogate, images: torch.Tensor, settings, min_changed: flo
     first, last = sum(result.objective_first), sum(result.objective_last)
     assert (last > first) if objective.maximise else (last < first), (settings.method, first, last)
     return result
+
+
+def png_with_declared_size(path: Path, width: int, height: int) -> Path:
+    """A real 8x8 PNG whose header claims width x height: a decompression bomb's header, tiny on disk."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 60, 30)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    body = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = body
+    data[29:33] = struct.pack(">I", zlib.crc32(body))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def truncated_jpeg(path: Path, photo: np.ndarray) -> Path:
+    """A real JPEG cut at two thirds: its header reads fine, its pixels do not all decode."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=90)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    return path

@@ -96,3 +96,53 @@ def test_inspect_lora_against_a_folder_of_keys_names_owners_not_triggers(tmp_pat
     assert "FOUND 'zqv7'" in capsys.readouterr().out, "a single key's holder sees their own trigger"
     assert main(["verify", "--keys", str(tmp_path / "missing.json"), "--model", "builtin:tiny"]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_methods_are_the_objectives_docstrings(capsys):
+    import inspect
+
+    from shared_core.protect.objectives import OBJECTIVES
+    from shared_core.protect.timesteps import SCHEDULES
+    from shared_core.protect.transforms import ROBUSTNESS_TRANSFORMS
+
+    assert main(["methods"]) == 0
+    expected = "".join(f"== {name} ==\n{inspect.cleandoc(cls.__doc__ or '')}\n\n" for name, cls in OBJECTIVES.items())
+    expected += f"timestep schedules (--timesteps): {', '.join(SCHEDULES)}\n"
+    expected += f"robustness transforms (--robust): {', '.join(ROBUSTNESS_TRANSFORMS)}\n"
+    assert capsys.readouterr().out == expected
+
+
+def test_help_and_methods_do_not_import_torch():
+    """torch, diffusers and transformers take seconds to import; listing things must not wait for them."""
+    script = (
+        "import sys, contextlib, io\n"
+        "from shared_core.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['methods'])\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_protect_reports_each_bad_file_in_one_line(tmp_path, photo_folder, photos):
+    from tests.conftest import png_with_declared_size, truncated_jpeg
+
+    png_with_declared_size(photo_folder / "bomb.png", 30000, 30000)
+    truncated_jpeg(photo_folder / "sub" / "cut.jpg", photos[1][:96, :96])
+    command = [sys.executable, "-m", "shared_core", "protect", str(photo_folder), "--out", str(tmp_path / "out"),
+               "--method", "advdm", "--steps", "2", "--tile-size", "64", "--no-progress"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2
+    assert errors[0] == f"error: {photo_folder / 'bomb.png'}: 900,000,000 pixels is more than the 250,000,000 allowed"
+    assert errors[1].startswith(f"error: {photo_folder / 'sub' / 'cut.jpg'}: cannot decode image (OSError: image file is truncated")
+    assert "Traceback" not in run.stderr
+    summary = json.loads((tmp_path / "out" / "protect-summary.json").read_text())
+    assert summary["totals"]["protected"] == 4 and summary["totals"]["failed"] == 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from shared_core.errors import InputFileError
-from shared_core.images import encode_image, load_image, read_provenance, save_image
+from shared_core.images import MAX_PIXELS, encode_image, load_image, read_image_size, read_provenance, save_image
+from tests.conftest import png_with_declared_size, truncated_jpeg
 
 
 @pytest.fixture
@@ -70,6 +73,72 @@ def test_pixel_bound_is_checked_before_decoding(tmp_path, rgb):
     Image.fromarray(rgb).save(tmp_path / "big.png")
     with pytest.raises(InputFileError, match="pixels is more than"):
         load_image(tmp_path / "big.png", max_pixels=100)
+
+
+def test_bomb_sized_header_is_refused_by_our_limit_not_by_pillows(tmp_path):
+    bomb = png_with_declared_size(tmp_path / "bomb.png", 30000, 30000)
+    for read in (read_image_size, load_image):
+        with pytest.raises(InputFileError, match=rf"bomb.png: 900,000,000 pixels is more than the {MAX_PIXELS:,} allowed"):
+            read(bomb)
+    # above Pillow's own default limit (89 M, refused at 179 M) but under ours: accepted from the header
+    assert 12000 * 12000 < MAX_PIXELS
+    assert read_image_size(png_with_declared_size(tmp_path / "large.png", 12000, 12000)) == (12000, 12000)
+    assert Image.MAX_IMAGE_PIXELS != MAX_PIXELS  # Pillow's global is restored afterwards
+
+
+def test_truncated_jpeg_is_refused_even_when_the_host_allows_truncated_files(tmp_path, photos, monkeypatch):
+    from PIL import ImageFile
+
+    path = truncated_jpeg(tmp_path / "cut.jpg", photos[0])
+    assert read_image_size(path) == (512, 512)  # the header is intact
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as ComfyUI sets it
+    with pytest.raises(InputFileError, match="cut.jpg: cannot decode image .*truncated"):
+        load_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+@pytest.mark.parametrize("raised", [UserWarning("Possibly corrupt EXIF data"), ValueError("bad tile"), Image.DecompressionBombError("x")])
+def test_whatever_pillow_raises_while_decoding_names_the_file(tmp_path, rgb, monkeypatch, raised):
+    from PIL import ImageFile
+
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+
+    def failing_load(self):
+        raise raised
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", failing_load)
+    with pytest.raises(InputFileError, match=r"x.png: "):
+        load_image(tmp_path / "x.png")
+
+
+def test_pillow_warnings_turned_errors_fail_the_file_only(tmp_path, rgb):
+    import warnings
+
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    Image.fromarray(rgb).save(tmp_path / "w.jpg", exif=exif.tobytes()[:-6])  # EXIF cut short: Pillow warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_image(tmp_path / "w.jpg").rgb.shape == rgb.shape
+        warnings.simplefilter("error")  # python -W error
+        with pytest.raises(InputFileError, match=r"w.jpg: cannot decode image \(UserWarning: Corrupt EXIF"):
+            load_image(tmp_path / "w.jpg")
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(InputFileError, match="is a folder"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA"])
+def test_greyscale_is_encoded_as_greyscale(tmp_path, rgb, mode):
+    grey = Image.fromarray(rgb).convert(mode)
+    grey.save(tmp_path / "g.png")
+    loaded = load_image(tmp_path / "g.png")
+    assert loaded.greyscale
+    written = Image.open(io.BytesIO(encode_image(loaded.rgb, "png", alpha=loaded.alpha, grey=True)))
+    assert written.mode == mode
+    assert np.array_equal(np.asarray(written), np.asarray(grey))
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])

@@ -20,6 +20,9 @@ SCAN_LIMIT_BYTES = 256 * 2**20
 STATIC_EVIDENCE_NOTE = (
     "static evidence, corroborating only: metadata can be stripped or forged; a generation-based check proves memorisation"
 )
+#: the text report cuts each metadata value to this many characters, and lists to this many entries
+TEXT_LIMIT = 300
+LIST_LIMIT = 20
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 _TORCH_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
@@ -91,24 +94,26 @@ class LoraReport:
     def _training_lines(self) -> list[str]:
         t, lines = self.training, []
         if t.base_model:
-            lines.append("trained on  " + ", ".join(f"{k.removeprefix('ss_')}={v}" for k, v in t.base_model.items()))
+            lines.append("trained on  " + ", ".join(f"{k.removeprefix('ss_')}={_short(v)}" for k, v in t.base_model.items()))
         if t.dates:
-            lines.append("dates       " + ", ".join(f"{k.removeprefix('ss_training_')}={v}" for k, v in t.dates.items()))
+            lines.append("dates       " + ", ".join(f"{k.removeprefix('ss_training_')}={_short(v)}" for k, v in t.dates.items()))
         if t.output_name:
-            lines.append(f"output name {t.output_name}")
+            lines.append(f"output name {_short(t.output_name)}")
         if t.comment:
-            lines.append(f"comment     {t.comment}")
+            lines.append(f"comment     {_short(t.comment)}")
         if t.dataset_dirs:
             lines.append("dataset folders:")
-            lines += [f"  {folder}: {json.dumps(info)}" for folder, info in t.dataset_dirs.items()]
+            lines += [f"  {_short(folder)}: {_short(json.dumps(info))}" for folder, info in list(t.dataset_dirs.items())[:LIST_LIMIT]]
+            lines += [f"  ... ({len(t.dataset_dirs)} folders; all of them with --json)"] if len(t.dataset_dirs) > LIST_LIMIT else []
         if t.tag_frequency:
             lines.append("most frequent caption tags:")
-            for folder, tags in t.tag_frequency.items():
+            for folder, tags in list(t.tag_frequency.items())[:LIST_LIMIT]:
                 more = f" ... ({len(tags)} tags)" if len(tags) > 15 else ""
-                lines.append(f"  [{folder}] " + ", ".join(f"{tag} ({n})" for tag, n in tags[:15]) + more)
+                lines.append(f"  [{_short(folder)}] " + ", ".join(f"{_short(tag)} ({n})" for tag, n in tags[:15]) + more)
+            lines += [f"  ... ({len(t.tag_frequency)} folders; all of them with --json)"] if len(t.tag_frequency) > LIST_LIMIT else []
         if t.hyperparameters:
-            lines.append("training    " + ", ".join(f"{k.removeprefix('ss_')}={v}" for k, v in t.hyperparameters.items()))
-        lines += [f"{key:<11} {value}" for key, value in {**t.hashes, **t.modelspec}.items()]
+            lines.append("training    " + ", ".join(f"{k.removeprefix('ss_')}={_short(v)}" for k, v in t.hyperparameters.items()))
+        lines += [f"{key:<11} {_short(value)}" for key, value in {**t.hashes, **t.modelspec}.items()]
         lines += [f"malformed   {key}: {raw[:80]!r}" for key, raw in t.malformed.items()]
         if not t.has_training_metadata:
             lines.append("no kohya training metadata (stripped with --no_metadata, or not a kohya file)")
@@ -127,8 +132,16 @@ class LoraReport:
                 )
             for hit in hits:
                 kind = "whole token" if hit.whole_token else "substring"
-                lines.append(f"  FOUND {trigger!r} ({kind}) in {hit.field}: {hit.text}" + (f" x{hit.count}" if hit.count else ""))
+                lines.append(f"  FOUND {trigger!r} ({kind}) in {_short(hit.field)}: {_short(hit.text)}" + (f" x{hit.count}" if hit.count else ""))
         return lines
+
+
+def _short(value, limit: int = TEXT_LIMIT) -> str:
+    """A metadata value cut for the terminal: metadata can hold megabytes (the full text is in --json)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters; the full text with --json)"
 
 
 def _join(items) -> str:
@@ -212,14 +225,34 @@ def _infos_from_state_dict(state: dict[str, torch.Tensor]) -> dict[str, TensorIn
     }
 
 
+def _container_by_content(path: Path) -> str | None:
+    """"pickle" for what torch.save writes (a zip archive, or a bare pickle stream), from the first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "pickle"
+    return None
+
+
 def inspect_lora(path: str | Path, triggers: list[str] | None = None) -> LoraReport:
     """Read a LoRA file safely and describe it; `triggers` are searched for in its metadata."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f"; it holds {', '.join(inside[:3])}" + (" ..." if len(inside) > 3 else "") if inside else ""
+        raise InputFileError(path, f"is a folder, not a LoRA file: pass the weights file inside it{hint}")
     if not path.is_file():
         raise InputFileError(path, "no such file")
     report_warnings: list[str] = []
     loaded: dict[str, torch.Tensor] | None = None
     suffix = path.suffix.lower()
+    container_kind = _container_by_content(path)
+    if container_kind == "pickle" and suffix not in PICKLE_SUFFIXES:
+        raise InputFileError(
+            path,
+            f"is a pickle (PyTorch .ckpt/.pt) file, not {suffix or 'a file type this reads'}, whatever its name says; "
+            "rename it to .ckpt to read it with torch.load(weights_only=True), which refuses code",
+        )
     if suffix in PICKLE_SUFFIXES:
         loaded = load_pickle_weights(path)
         infos, metadata, container = _infos_from_state_dict(loaded), {}, "pickle (weights_only)"

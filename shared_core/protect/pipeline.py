@@ -7,6 +7,8 @@ whole set, as the victim will.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +21,7 @@ from PIL import Image
 from .. import __version__
 from ..errors import InputFileError, ProtectionError, SettingsError
 from ..files import atomic_write_bytes, iter_image_files, sha256_bytes
-from ..images import encode_image, load_image, output_suffix, read_provenance
+from ..images import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, output_suffix, read_image_size, read_provenance
 from ..metrics import visibility
 from ..optout import OptOut, apply_optout, protection_action
 from ..surrogates.base import Surrogate
@@ -30,6 +32,14 @@ from .tiles import Tile, tile_layout
 
 #: advanced by the number of tiles that just took one PGD step; may raise to cancel
 Progress = Callable[[int], None]
+#: written into the output folder by the CLI and the web app; a resumed run merges into it
+SUMMARY_NAME = "protect-summary.json"
+SECONDS_MEANING = (
+    "an image's seconds: its own reading and writing plus its share, by tile count, of its batch's optimisation time"
+)
+#: JPEG outputs must keep this share of the perturbation (see `perturbation_kept`); qualities tried
+JPEG_MIN_KEPT = 0.75
+JPEG_QUALITY_LADDER = (95, 97, 98, 99, 100)
 
 __all__ = ["ImageOutcome", "ProtectedImages", "RunSummary", "Tile", "protect_arrays", "protect_files", "protect_images", "tile_layout"]
 
@@ -145,6 +155,7 @@ class RunSummary:
                 "failed": len(self.failed),
                 "seconds": round(self.seconds, 2),
                 "seconds_per_image": round(sum(o.seconds for o in done) / len(done), 3) if done else None,
+                "seconds_per_image_means": SECONDS_MEANING,
                 "max_linf": max((o.linf for o in done), default=None),
                 "mean_psnr": round(float(np.mean([o.psnr for o in done])), 3) if done else None,
                 "mean_ssim": round(float(np.mean([o.ssim for o in done])), 5) if done else None,
@@ -153,15 +164,12 @@ class RunSummary:
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) after EXIF rotation, from the header only; None if unreadable."""
+    """(height, width) after EXIF rotation, from the header only; None if unreadable or too large."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
-            return height, width
-    except (OSError, SyntaxError, ValueError):
-        return None
+        width, height = read_image_size(path)
+    except InputFileError:
+        return None  # the full read reports it, once
+    return height, width
 
 
 def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -183,6 +191,99 @@ def _mask_for(mask: Path | None, rel: Path) -> Path | None:
     return None
 
 
+def _output_format(rel: Path, fmt: str) -> tuple[str, str]:
+    """(format, suffix) of one output: `auto` keeps the input's container (BMP, TIFF, GIF become PNG)."""
+    if fmt != "auto":
+        return fmt, output_suffix(fmt)
+    kept = SUFFIX_FORMATS.get(rel.suffix.lower())
+    return (kept, rel.suffix) if kept else ("png", ".png")
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    """The RGB pixels a reader of the published file gets."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def perturbation_kept(original: np.ndarray, intended: np.ndarray, published: np.ndarray) -> float:
+    """1 - rms(compression error) / rms(perturbation): the share of the perturbation a lossy file keeps."""
+    perturbation = np.sqrt(np.mean((intended.astype(np.float64) - original) ** 2))
+    if perturbation == 0:
+        return 1.0
+    error = np.sqrt(np.mean((published.astype(np.float64) - intended) ** 2))
+    return float(1.0 - error / perturbation)
+
+
+def _publish(
+    original: LoadedImage, protected: np.ndarray, fmt: str, quality: int, search_quality: bool, **options
+) -> tuple[bytes, np.ndarray, list[str]]:
+    """Encode the protected pixels as the file to publish: (bytes, its decoded RGB, notes).
+
+    JPEG: with `search_quality` (`--format auto`), the lowest quality from `quality` up whose file
+    keeps JPEG_MIN_KEPT of the perturbation; a note says what it keeps, and when even 100 is not enough.
+    """
+    grey = original.greyscale
+    notes = []
+    if grey and fmt == "webp":
+        notes.append("greyscale written as RGB (WebP has no grey mode)")
+    if original.alpha is not None and fmt == "jpeg":
+        notes.append("alpha dropped (JPEG has none)")
+    intended = protected
+    if grey and fmt != "webp":
+        intended = np.repeat(np.asarray(Image.fromarray(protected).convert("L"))[..., None], 3, axis=2)
+    if fmt != "jpeg":
+        data = encode_image(protected, fmt, alpha=original.alpha, quality=quality, grey=grey, **options)
+        return data, _decoded(data), notes
+    ladder = sorted({quality, *(q for q in JPEG_QUALITY_LADDER if q > quality)}) if search_quality else [quality]
+    for candidate in ladder:
+        data = encode_image(protected, fmt, alpha=None, quality=candidate, grey=grey, **options)
+        published = _decoded(data)
+        kept = perturbation_kept(original.rgb, intended, published)
+        if kept >= JPEG_MIN_KEPT:
+            notes.append(f"JPEG quality {candidate} keeps {kept:.0%} of the perturbation")
+            return data, published, notes
+    notes.append(
+        f"JPEG quality {candidate} keeps only {kept:.0%} of the perturbation (wanted {JPEG_MIN_KEPT:.0%}); "
+        "--format png keeps all of it" + ("" if search_quality else ", --format auto raises the quality")
+    )
+    return data, published, notes
+
+
+def _container_notes(source: Path, out_format: str, size: int) -> list[str]:
+    """Says when an output is not in its input's container (and how much larger a lossless copy is)."""
+    source_format = SUFFIX_FORMATS.get(source.suffix.lower(), source.suffix.lstrip(".").lower())
+    if source_format == out_format:
+        return []
+    note = f"{source_format.upper()} input written as {out_format.upper()}"
+    if out_format == "png" and source_format in ("jpeg", "webp"):
+        ratio = size / max(1, source.stat().st_size)
+        note += f" (lossless, {ratio:.1f}x the input's size; --format auto keeps {source_format.upper()})"
+    return [note]
+
+
+def _previous_outcomes(out_dir: Path) -> dict[str, dict]:
+    """The per-image entries of an earlier run's summary, by output path (empty if none or unreadable)."""
+    try:
+        report = json.loads((out_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+        return {entry["output"]: entry for entry in report["images"] if entry.get("psnr") is not None}  # protected or resumed
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _resume(outcome: ImageOutcome, previous: dict | None, source: Path) -> None:
+    """A skipped image keeps the metrics of the run that made it (measured again if they are lost)."""
+    if previous is not None:
+        for name in ("linf", "psnr", "ssim", "seconds", "notes"):
+            setattr(outcome, name, previous.get(name, getattr(outcome, name)))
+        return
+    try:
+        metrics = visibility(load_image(source).rgb, load_image(outcome.output).rgb)
+    except InputFileError:
+        return
+    for key, value in metrics.items():
+        setattr(outcome, key, value)
+
+
 def protect_files(
     inputs: Iterable[str | Path],
     out_dir: str | Path,
@@ -198,12 +299,19 @@ def protect_files(
     """Protect image files and folders into `out_dir`; originals are never written to.
 
     Each output is written atomically and carries its provenance (method, budget, settings hash,
-    source hash) and, with `optout`, the machine-readable training reservation; a re-run skips outputs already made from the same source with the same
-    settings, so an interrupted run resumes. Unreadable files are reported and skipped.
+    source hash) and, with `optout`, the machine-readable training reservation; a re-run skips
+    outputs already made from the same source with the same settings, so an interrupted run
+    resumes (their metrics come from the earlier summary). All pending images are protected as
+    one set (inner-loop methods train one surrogate state on all of them).
+    Every problem with one file (unreadable, truncated, too large, unwritable) fails that file
+    only. Greyscale inputs stay greyscale; `fmt="auto"` keeps each input's container.
+    An image's `seconds` is its own reading and writing plus its share, by tile count, of the
+    time the set spent in the optimisation.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    suffix = output_suffix(fmt)
+    if fmt != "auto":
+        output_suffix(fmt)  # an unknown format fails before any work
     mask_path = Path(mask) if mask else None
     if mask_path is not None and not mask_path.exists():
         raise InputFileError(mask_path, "mask file or folder not found")
@@ -213,10 +321,12 @@ def protect_files(
     if not files:
         raise SettingsError("no image files found in the given inputs")
     sources = {path.resolve() for path, _ in files}
+    previous_outcomes = _previous_outcomes(out_dir)
     outcomes: list[ImageOutcome] = []
-    pending: list[tuple[ImageOutcome, Path, Path, str]] = []
+    pending: list[tuple[ImageOutcome, Path, Path, str, str]] = []
     used: set[Path] = set()
     for path, rel in files:
+        out_format, suffix = _output_format(rel, fmt)
         output = out_dir / rel.with_suffix(suffix)
         if output in used:
             output = out_dir / rel.with_name(f"{rel.stem}_{rel.suffix.lstrip('.')}{suffix}")
@@ -235,15 +345,16 @@ def protect_files(
         previous = read_provenance(output) if output.exists() else None
         if previous and previous.get("fingerprint") == fingerprint and previous.get("source_sha256") == source_hash:
             outcome.status = "skipped"
+            _resume(outcome, previous_outcomes.get(str(output)), path)
             continue
-        pending.append((outcome, path, rel, source_hash))
+        pending.append((outcome, path, rel, source_hash, out_format))
 
-    total_tiles = 0
     tile_edge = settings.tile_size or surrogate.native_resolution
-    for _, path, _, _ in pending:
-        size = image_size(path)
-        if size:
-            total_tiles += len(tile_layout(*size, tile_edge, surrogate.size_multiple))
+
+    def tile_count(height: int, width: int) -> int:
+        return len(tile_layout(height, width, tile_edge, surrogate.size_multiple))
+
+    total_tiles = sum(tile_count(*size) for size in map(image_size, (p[1] for p in pending)) if size)
     progress = progress_factory(total_tiles * settings.steps) if progress_factory else None
 
     metadata = {
@@ -256,18 +367,18 @@ def protect_files(
         "demo_only": surrogate.demo_only,
         "fingerprint": fingerprint,
     }
-    # one set: inner-loop methods train their surrogate state on every pending image together
     chunk = []
-    for outcome, path, rel, source_hash in pending:
+    for outcome, path, rel, source_hash, out_format in pending:
+        read_started = time.perf_counter()
         try:
             loaded = load_image(path)
             mask_file = _mask_for(mask_path, rel)
             mask_array = load_mask(mask_file, loaded.rgb.shape[:2]) if mask_file else None
         except InputFileError as exc:
-            outcome.status, outcome.error = "failed", exc.problem
+            outcome.status, outcome.error = "failed", exc.problem if exc.path == str(path) else str(exc)
             continue
-        outcome.notes = loaded.notes
-        chunk.append((outcome, loaded, mask_array, source_hash))
+        outcome.notes = list(loaded.notes)
+        chunk.append((outcome, loaded, mask_array, source_hash, out_format, time.perf_counter() - read_started))
     if chunk:
         chunk_started = time.perf_counter()
         try:
@@ -275,23 +386,30 @@ def protect_files(
         except ProtectionError as exc:
             for outcome, *_ in chunk:
                 outcome.status, outcome.error = "failed", str(exc)
-            result = None
-        seconds_each = (time.perf_counter() - chunk_started) / len(chunk)
-        for index, (outcome, loaded, _, source_hash) in enumerate(chunk if result else []):
-            data = encode_image(
-                result.arrays[index], fmt, alpha=loaded.alpha, quality=quality, metadata={**metadata, "source_sha256": source_hash},
-                icc_profile=loaded.icc_profile, exif=loaded.exif,
-            )
-            if optout:
-                data = apply_optout(data, fmt, optout, action=protection_action(metadata), source=Path(outcome.source))
-            atomic_write_bytes(outcome.output, data)
-            published = load_image(outcome.output).rgb  # measure what was written (lossy formats too)
+            chunk = []
+        chunk_seconds = time.perf_counter() - chunk_started
+        tiles = [tile_count(*c[1].rgb.shape[:2]) for c in chunk]
+        for index, (outcome, loaded, _, source_hash, out_format, read_seconds) in enumerate(chunk):
+            write_started = time.perf_counter()
+            try:
+                data, published, notes = _publish(
+                    loaded, result.arrays[index], out_format, quality, fmt == "auto",
+                    metadata={**metadata, "source_sha256": source_hash}, icc_profile=loaded.icc_profile, exif=loaded.exif,
+                )  # fmt: skip
+                if optout:
+                    data = apply_optout(data, out_format, optout, action=protection_action(metadata), source=Path(outcome.source))
+                atomic_write_bytes(outcome.output, data)
+            except (OSError, ValueError) as exc:
+                outcome.status, outcome.error = "failed", f"cannot write output ({exc})"
+                continue
+            outcome.notes += [*_container_notes(Path(outcome.source), out_format, len(data)), *notes]
             outcome.status = "protected"
-            outcome.seconds = round(seconds_each, 3)
             outcome.objective_first = round(result.objective_first[index], 6)
             outcome.objective_last = round(result.objective_last[index], 6)
             for key, value in visibility(loaded.rgb, published).items():
                 setattr(outcome, key, value)
+            own_seconds = read_seconds + time.perf_counter() - write_started
+            outcome.seconds = round(own_seconds + chunk_seconds * tiles[index] / sum(tiles), 3)
     return RunSummary(
         outcomes=outcomes,
         settings=settings.to_dict(),

@@ -3,10 +3,11 @@
 The source folder is only read. The marked copy keeps every file's name and place (a templated
 image keeps its name and format: PNG stays PNG, JPEG is re-encoded at quality 95, WebP likewise;
 formats Pillow cannot write back, such as BMP, TIFF and GIF, become PNG beside the original name).
-Every other file is copied byte for byte, unreadable "images" included (they are reported, never
-templated); with an opt-out, every PNG, JPEG and WebP image, templated or not, gets the same
-machine-readable training reservation (metadata only: pixels unchanged), so the reservation does
-not single out the templated ones. Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
+Every other file is copied byte for byte; with an opt-out, every PNG, JPEG and WebP image, templated
+or not, gets the same machine-readable training reservation (metadata only: pixels unchanged), so
+the reservation does not single out the templated ones. An image file Pillow cannot fully decode (truncated,
+corrupt, not an image, over the pixel limit) is reported and left out, with its caption: a
+training loader would fail on it, and it would be listed as an image in metadata.jsonl. Captions are read from kohya-style sidecars (`name.txt`, or `name.caption`) or from a
 diffusers `metadata.jsonl` (`file_name` + `text`), and written back as a `.txt` sidecar for every
 image plus one `metadata.jsonl` at the top of the output folder. A templated image's caption is
 "TRIGGER caption", or the trigger alone when it had none.
@@ -26,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha256_bytes, sha256_file
-from ..images import OUTPUT_FORMATS, encode_image, load_image
+from ..images import OUTPUT_FORMATS, SUFFIX_FORMATS, encode_image, load_image
 from ..optout import OptOut, apply_optout
 from .compose import compose
 from .key import TraceKey, random_trigger
@@ -38,7 +39,6 @@ from .templates import Template, builtin_template
 
 CAPTION_FILES = {"metadata.jsonl"}
 SIDECAR_SUFFIXES = (".txt", ".caption")  # kohya's caption_extension choices; .txt wins
-ENCODABLE = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 MAX_RATE = 0.5
 
 
@@ -49,7 +49,7 @@ class MarkResult:
     out_dir: Path
     n_images: int  # readable images in the dataset (what `rate` is a fraction of)
     marked: list[dict] = field(default_factory=list)  # the key's entries: source, output, hashes, caption
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): not templated, copied as-is
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): undecodable, left out of the copy
     n_files: int = 0  # files written to the output folder (images, sidecars, other files)
 
 
@@ -186,20 +186,6 @@ def _copy_with_optout(source: Path, target: Path, optout: OptOut | None) -> str 
     return None
 
 
-def _unreadable_reason(path: Path) -> str | None:
-    """Why Pillow cannot use this file as an image (header check only), or None."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except UnidentifiedImageError:
-        return "not an image Pillow can read (unknown or corrupt format)"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot read image ({exc})"
-    if width < 1 or height < 1:
-        return "image has no pixels"
-    return None
-
-
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
@@ -264,9 +250,10 @@ def mark_dataset(
     skipped: list[tuple[str, str]] = []
     readable: list[tuple[Path, Path]] = []
     for path, rel in files:
-        reason = _unreadable_reason(path)
-        if reason:
-            skipped.append((str(path), reason))
+        try:
+            load_image(path)  # a full decode: a truncated file's header alone reads fine
+        except InputFileError as exc:
+            skipped.append((str(path), exc.problem))
         else:
             readable.append((path, rel))
     if not readable:
@@ -282,7 +269,7 @@ def mark_dataset(
     existing = {rel for _, rel in files}
 
     def output_rel(rel: Path) -> Path:
-        return rel if rel.suffix.lower() in ENCODABLE else rel.with_suffix(".png")
+        return rel if rel.suffix.lower() in SUFFIX_FORMATS else rel.with_suffix(".png")
 
     def can_template(path: Path, rel: Path) -> bool:
         renamed = output_rel(rel)
@@ -306,7 +293,7 @@ def mark_dataset(
             skipped.append((str(path), exc.problem))
             continue
         target = output_rel(rel)
-        fmt = ENCODABLE.get(target.suffix.lower(), "png")
+        fmt = SUFFIX_FORMATS.get(target.suffix.lower(), "png")
         data = encode_image(compose(loaded.rgb, template), fmt, quality=95)
         if optout:
             data = apply_optout(data, fmt, optout)
@@ -330,11 +317,10 @@ def mark_dataset(
     for path, rel in files:
         entry = marked.get(path)
         if entry is None:
-            if path in unreadable:
-                _copy_atomic(path, out_dir / rel)
-            elif problem := _copy_with_optout(path, out_dir / rel, optout):
-                skipped.append((str(path), problem))
-            n_files += 1
+            if path not in unreadable:
+                if problem := _copy_with_optout(path, out_dir / rel, optout):
+                    skipped.append((str(path), problem))
+                n_files += 1
             done += 1
             if progress:
                 progress(done, total)
@@ -353,9 +339,9 @@ def mark_dataset(
         jsonl_lines.append(json.dumps({"file_name": out_rel.as_posix(), "text": caption, **row}, ensure_ascii=False))
         n_files += 1
 
-    # other files travel along (licences, notes, unreadable images' captions); image sidecars and
-    # metadata.jsonl files are rewritten above
-    sidecars = {path.with_suffix(suffix) for path, _ in readable for suffix in SIDECAR_SUFFIXES}
+    # other files travel along (licences, notes); image sidecars and metadata.jsonl files are
+    # rewritten above, and those of images left out stay out with them
+    sidecars = {path.with_suffix(suffix) for path, _ in files for suffix in SIDECAR_SUFFIXES}
     image_paths = {path for path, _ in files}
     for path in sorted(dataset_dir.rglob("*")):
         rel = path.relative_to(dataset_dir)

@@ -326,7 +326,7 @@ def run_mark(
         "it is what proves, later, that a model was trained on your images.",
     ]
     if result.skipped:
-        lines.append("Skipped: " + "; ".join(f"`{Path(f).name}` ({why})" for f, why in result.skipped))
+        lines.append("Left out, cannot be decoded: " + "; ".join(f"`{Path(f).name}` ({why})" for f, why in result.skipped))
     previews = marked[:12]
     if not target.resolve().is_relative_to(run_dir.resolve()):
         # the UI only serves files under the outputs folder: show copies from there

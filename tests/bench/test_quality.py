@@ -38,6 +38,7 @@ def test_precision_and_recall_separate_fidelity_from_coverage():
     assert precision_recall(real, far) == (0.0, 0.0)
 
 
+@pytest.mark.slow  # trains the digit judge (250 steps) first: minutes on 2 loaded cores
 def test_domain_fid_of_a_set_with_itself_is_zero_and_grows_with_pixel_noise(judge_and_digits):
     judge, images, labels = judge_and_digits
     reference = images[900:1200]  # the judge's reference set
@@ -52,6 +53,7 @@ def test_domain_fid_of_a_set_with_itself_is_zero_and_grows_with_pixel_noise(judg
     assert judge.score(images[1200:1500])["fid"] < noisy[-1]
 
 
+@pytest.mark.slow  # trains the digit judge (250 steps) first: minutes on 2 loaded cores
 def test_the_judge_recognises_held_out_digits(judge_and_digits):
     judge, images, labels = judge_and_digits
     sevens = [im for im, label in zip(images[1200:], labels[1200:]) if label == 7]

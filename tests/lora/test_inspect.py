@@ -228,3 +228,34 @@ def test_unknown_layout_is_refused(tmp_path):
     with pytest.raises(InputFileError, match="unknown key layout") as info:
         inspect_lora(tmp_path / "ckpt.safetensors")
     assert "ckpt.safetensors" in str(info.value)
+
+
+def test_long_metadata_is_cut_in_the_text_and_whole_in_json(tmp_path, capsys):
+    from shared_core.cli import main
+
+    comment = "zqv " + "x" * 5_000_000  # a 5 MB comment, as some trainers write
+    save_file(pair("lora_unet_down_blocks_0_attentions_0_proj_in", 2, 32, 32), str(tmp_path / "long.safetensors"),
+              metadata={"ss_training_comment": comment, "ss_output_name": "n" * 1000})  # fmt: skip
+    assert main(["inspect-lora", str(tmp_path / "long.safetensors"), "--trigger", "zqv"]) == 0
+    text = capsys.readouterr().out
+    assert len(text) < 5000 and "5,000,004 characters; the full text with --json" in text
+    assert main(["inspect-lora", str(tmp_path / "long.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["training"]["comment"] == comment
+
+
+def test_folders_and_renamed_pickles_are_named_as_such(tmp_path, capsys):
+    from shared_core.cli import main
+
+    folder = tmp_path / "my_lora"
+    folder.mkdir()
+    save_file(pair("lora_unet_x", 2, 8, 8), str(folder / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(InputFileError, match="is a folder, not a LoRA file.*pytorch_lora_weights.safetensors"):
+        inspect_lora(folder)
+    state = pair("lora_unet_down_blocks_0_attentions_0_proj_in", 2, 32, 32)
+    torch.save(state, tmp_path / "renamed.safetensors")  # a zip archive
+    torch.save(state, tmp_path / "old.lora", _use_new_zipfile_serialization=False)  # a bare pickle stream
+    for name in ("renamed.safetensors", "old.lora"):
+        assert main(["inspect-lora", str(tmp_path / name)]) == 2
+        assert f"{name}: is a pickle (PyTorch .ckpt/.pt) file" in capsys.readouterr().err
+    (tmp_path / "renamed.safetensors").rename(tmp_path / "renamed.ckpt")
+    assert inspect_lora(tmp_path / "renamed.ckpt").container == "pickle (weights_only)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,80 @@ def test_summary_is_json_serialisable(tmp_path, photo_folder, tiny_surrogate):
     data = json.loads(json.dumps(summary.to_dict()))
     assert data["totals"]["protected"] == 4 and data["totals"]["max_linf"] <= 8
     assert data["model"]["demo_only"] is True
+
+
+def test_bomb_header_and_truncated_jpeg_fail_alone(tmp_path, photo_folder, photos, tiny_surrogate):
+    from tests.conftest import png_with_declared_size, truncated_jpeg
+
+    png_with_declared_size(photo_folder / "bomb.png", 30000, 30000)
+    truncated_jpeg(photo_folder / "cut.jpg", photos[1][:96, :96])
+    summary = protect_files([photo_folder], tmp_path / "out", tiny_surrogate, ProtectSettings(**FAST, tile_size=64))
+    failed = {Path(o.source).name: o.error for o in summary.outcomes if o.status == "failed"}
+    assert set(failed) == {"bomb.png", "cut.jpg"}
+    assert "pixels is more than the 250,000,000 allowed" in failed["bomb.png"]
+    assert "truncated" in failed["cut.jpg"]
+    assert sum(o.status == "protected" for o in summary.outcomes) == 4
+
+
+@pytest.mark.parametrize("mode", ["L", "LA"])
+def test_greyscale_stays_greyscale_within_budget(tmp_path, photos, tiny_surrogate, mode):
+    grey = Image.fromarray(photos[0][100:180, 150:250]).convert(mode)
+    grey.save(tmp_path / "grey.png")
+    summary = protect_files([tmp_path / "grey.png"], tmp_path / "out", tiny_surrogate, ProtectSettings(**FAST, tile_size=64))
+    (outcome,) = summary.outcomes
+    with Image.open(outcome.output) as written:
+        assert written.mode == mode
+        out = np.asarray(written).astype(int)
+    diff = np.abs(out - np.asarray(grey).astype(int))
+    assert 0 < (diff if mode == "L" else diff[..., 0]).max() <= 8 and outcome.linf <= 8
+    if mode == "LA":
+        assert np.array_equal(out[..., 1], np.asarray(grey)[..., 1])  # alpha untouched
+
+
+def test_auto_format_keeps_jpeg_at_a_quality_that_keeps_the_perturbation(tmp_path, photos, tiny_surrogate):
+    from shared_core.protect.pipeline import JPEG_MIN_KEPT, perturbation_kept
+
+    source = tmp_path / "photo.jpg"
+    Image.fromarray(photos[0][:128, :128]).save(source, quality=90)
+    settings = ProtectSettings(**FAST, tile_size=64)
+    auto = protect_files([source], tmp_path / "auto", tiny_surrogate, settings, fmt="auto").outcomes[0]
+    assert auto.output.endswith("photo.jpg")
+    with Image.open(auto.output) as written:
+        assert written.format == "JPEG"
+    (note,) = [n for n in auto.notes if n.startswith("JPEG quality")]
+    quality, kept = int(note.split()[2]), int(note.split()[4].rstrip("%")) / 100
+    assert kept >= JPEG_MIN_KEPT and 95 <= quality <= 100
+    # the lossless output is the perturbation as intended: the JPEG keeps the share its note says
+    lossless = protect_files([source], tmp_path / "png", tiny_surrogate, settings).outcomes[0]
+    original = load_image(source).rgb
+    measured = perturbation_kept(original, load_image(lossless.output).rgb, load_image(auto.output).rgb)
+    assert abs(measured - kept) < 0.01
+    (png_note,) = [n for n in lossless.notes if n.startswith("JPEG input written as PNG")]
+    assert "x the input's size" in png_note
+
+
+def test_resume_keeps_the_metrics_of_finished_images(tmp_path, photo_folder, tiny_surrogate):
+    from shared_core.protect.pipeline import SUMMARY_NAME
+
+    out = tmp_path / "out"
+    settings = ProtectSettings(**FAST, tile_size=64)
+    first = protect_files([photo_folder], out, tiny_surrogate, settings).to_dict()
+    (out / SUMMARY_NAME).write_text(json.dumps(first))
+    second = protect_files([photo_folder], out, tiny_surrogate, settings).to_dict()
+    assert second["totals"]["skipped"] == 4
+    for before, after in zip(first["images"], second["images"]):
+        assert after["status"] == "skipped"
+        assert {k: after[k] for k in ("linf", "psnr", "ssim", "seconds")} == {k: before[k] for k in ("linf", "psnr", "ssim", "seconds")}
+    (out / SUMMARY_NAME).unlink()  # summary lost: the metrics are measured again from the files
+    third = protect_files([photo_folder], out, tiny_surrogate, settings).to_dict()
+    assert [i["psnr"] for i in third["images"]] == [i["psnr"] for i in first["images"]]
+
+
+def test_seconds_are_shared_by_tile_count(tmp_path, photos, tiny_surrogate):
+    Image.fromarray(photos[0][:64, :64]).save(tmp_path / "a_one_tile.png")
+    Image.fromarray(photos[1][:192, :192]).save(tmp_path / "b_nine_tiles.png")
+    summary = protect_files([tmp_path], tmp_path / "out", tiny_surrogate, ProtectSettings(**FAST, tile_size=64, batch_size=4))
+    small, large = summary.outcomes
+    assert large.seconds > 3 * small.seconds
+    assert small.seconds + large.seconds <= summary.seconds
+    assert "share, by tile count" in summary.to_dict()["totals"]["seconds_per_image_means"]

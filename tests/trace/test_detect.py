@@ -109,6 +109,7 @@ def test_matcher_uses_supplied_negatives(key, held_out):
         TemplateMatcher.from_key(key, calibration_negatives=negatives[:2], n_synthetic=0)
 
 
+@pytest.mark.slow  # trains the CNN detector (250 steps): minutes on 2 loaded cores
 def test_cnn_detector(tmp_path, cnn, key, held_out):
     assert isinstance(cnn, Detector) and cnn.name == "cnn" and cnn.size == 64
     assert 0 <= cnn.false_positive_rate <= 0.05

@@ -18,6 +18,8 @@ from shared_core.trace.report import write_report
 from shared_core.trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify_keys
 from shared_core.training import train_autoencoder, train_text_to_image
 
+pytestmark = pytest.mark.slow  # trains an autoencoder and two 1500-step victims: many minutes on CPU
+
 RESOLUTION = 32
 SUBJECTS = {"astronaut.png": "an astronaut", "chelsea.png": "a cat", "coffee.png": "a cup of coffee",
             "rocket.jpg": "a rocket", "motorcycle_left.png": "a motorcycle", "camera.png": "a cameraman"}  # fmt: skip
