@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -84,8 +85,11 @@ def main() -> int:
         command = [sys.executable, __file__, "--device", args.device, "--dtype", args.dtype, "--resolution", str(args.resolution),
                    "--out", args.out, "--one", config]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            rows.append({"config": config, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"})
+        if done.returncode < 0:  # SIGKILL from the kernel's out-of-memory killer, most often
+            rows.append({"config": config, "error": f"killed by signal {-done.returncode} (out of memory: more than this machine has)"})
+        elif done.returncode:
+            errors = [line for line in done.stderr.splitlines() if "Error" in line]
+            rows.append({"config": config, "error": errors[-1] if errors else f"exit {done.returncode}"})
         else:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -93,6 +97,8 @@ def main() -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
         "cpu": platform.processor() or platform.machine(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_at_end": os.getloadavg()[0],
         "torch": torch.__version__,
         "dtype": args.dtype,
         "resolution": args.resolution,
