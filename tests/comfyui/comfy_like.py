@@ -118,7 +118,8 @@ class BaseModel(torch.nn.Module):
         xc = self.model_sampling.calculate_input(sigma, x).to(self.get_dtype())
         timestep = self.model_sampling.timestep(t).float()
         extra = {k: v.to(self.get_dtype()) if hasattr(v, "dtype") else v for k, v in kwargs.items()}
-        output = self.diffusion_model(xc, timestep, context=c_crossattn, control=control, transformer_options=transformer_options, **extra).float()
+        context = None if c_crossattn is None else c_crossattn.to(self.get_dtype())  # as ComfyUI's _apply_model
+        output = self.diffusion_model(xc, timestep, context=context, control=control, transformer_options=transformer_options, **extra).float()
         return self.model_sampling.calculate_denoised(sigma, output, x)
 
     def encode_adm(self, **kwargs):

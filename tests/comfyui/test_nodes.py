@@ -59,7 +59,7 @@ def test_pack_exports_v3_nodes_and_v1_fallback_with_the_same_sockets(pack, pack_
         assert info3["category"] == "Unlearnable" and info3["description"]
     protect = runtime.node_info(pack.NODE_CLASS_MAPPINGS["UnlearnableProtectImage"])["input"]
     assert {"eudp", "udp", "advdm", "encoder", "mist", "aspl"} <= set(protect["required"]["method"][0])
-    assert set(protect["optional"]) == {"clip", "conditioning", "mask", "options"}
+    assert set(protect["optional"]) == {"clip", "conditioning", "mask", "options", "low_memory"}
     assert not any(name == "nodes" or name.startswith("nodes.") for name in sys.modules)
 
 
@@ -119,6 +119,7 @@ def test_protect_image_on_inference_tensors_leaves_the_shared_model_unchanged(pa
     assert protected.shape == original.shape and protected.dtype == torch.float32
     change = np.abs(as_uint8(protected) - as_uint8(original))
     assert change.max() <= 6
+    assert progress_log[-1] == (2 * 3, 2 * 3)  # one tile per image, 3 steps each
     (one_step, _), _ = runtime.run_node(node, image=original, model=model, vae=vae, clip=clip, method="udp", budget=6.0,
                                         steps=1, options="inner_steps=1, inner_every=2", prompt="a photo")  # fmt: skip
     assert (as_uint8(protected) != as_uint8(one_step)).mean() > 0.5  # optimised, not the random start
@@ -127,11 +128,11 @@ def test_protect_image_on_inference_tensors_leaves_the_shared_model_unchanged(pa
     after = weights_of(pipeline.unet, pipeline.vae, pipeline.text_encoder)
     assert all(torch.equal(a, b) for a, b in zip(before, after)), "the shared model was modified"
     assert flags == [(p.is_inference(), p.requires_grad) for p in pipeline.unet.parameters()]
-    assert progress_log[-1] == (2 * 3, 2 * 3)  # one tile per image, 3 steps each
     loads = [call for call in comfy_host["mm"].CALLS if call[0] == "load_models_gpu"]
     assert loads and loads[-1][1][0] is model and loads[-1][2] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_protect_image_optimises_a_half_precision_unet(pack, photos, dtype):
     """As ComfyUI holds the UNet with --fp16-unet / --bf16-unet: 12 steps must not give the 1-step image."""

@@ -52,6 +52,7 @@ def settings_for(method: str, steps: int) -> ProtectSettings:
     return ProtectSettings(method=method, budget=BUDGET, steps=steps, method_options=options, seed=3, batch_size=2)
 
 
+@pytest.mark.slow  # 18 optimisations and 6 victim trainings; half precision is slow on a CPU
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("method", METHODS)
 def test_optimisation_moves_the_objective_beyond_noise(surrogates, crops, method, dtype):
@@ -105,6 +106,7 @@ def victim_loss(surrogate, pixels: list[torch.Tensor], settings: ProtectSettings
     return float(np.mean(evaluate_objective(surrogate, VictimLoss(weights), pixels, settings, draws=16)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_inner_state_trains_in_float32_on_half_precision_hosts(surrogates, crops, dtype):
     """The inner loop's adapters are float32 and really move; the host's half weights never change."""

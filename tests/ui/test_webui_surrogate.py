@@ -69,6 +69,7 @@ def test_protection_runs_on_the_loaded_model_and_leaves_it_unchanged(adapter, st
     same(before, snapshot(*modules))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("method", ["eudp", "aspl", "advdm"])
 def test_half_precision_unet_as_a1111_holds_it_is_optimised(adapter, stubs, dtype, method):
