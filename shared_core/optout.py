@@ -27,7 +27,6 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputFileError, SettingsError
-from .images import OUTPUT_FORMATS, read_provenance
 
 PLUS_VOCAB = "http://ns.useplus.org/ldf/vocab/"
 #: --data-mining choice -> the PLUS Data Mining value written (all of them reserve rights)
@@ -173,6 +172,8 @@ def apply_optout(data: bytes, fmt: str, optout: OptOut, *, action: dict = METADA
     binding covers every other byte. `source`, the original the image was made from, becomes the
     manifest's parent ingredient when C2PA can read its format.
     """
+    from .images import OUTPUT_FORMATS  # images imports torch: not at module level (`--help` stays fast)
+
     pil_format = OUTPUT_FORMATS[fmt.lower()]
     pyexiv2 = _exiv2()
     with pyexiv2.ImageData(data) as image:
@@ -296,6 +297,8 @@ def inspect_image(path: str | Path, max_bytes: int = 512 << 20) -> dict:
     c2pa_says_no = bool(credentials and credentials.get("training_mining")
                         and all(use == "notAllowed" for use in credentials["training_mining"].values()))  # fmt: skip
     opted_out = xmp.get("data_mining", "").startswith(PLUS_VOCAB + "DMI-PROHIBITED") or xmp.get("tdm_reservation") == "1" or c2pa_says_no
+    from .images import read_provenance
+
     return {"file": str(path), "opted_out": opted_out, "xmp": xmp, "c2pa": credentials, "protection": read_provenance(path)}
 
 

@@ -1,8 +1,8 @@
 """Protecting whole images and folders: tiling, one optimisation over the set, 8-bit output, resume.
 
 Any image size works (see protect.tiles): the output has exactly the input's width and height.
-All images of a call are protected together, so UDP/EUDP/ASPL train one surrogate state on the
-whole set, as the victim will.
+The images of a `protect_images` call are protected together, so UDP/EUDP/ASPL train one
+surrogate state on the whole set, as the victim will.
 """
 
 from __future__ import annotations
@@ -301,8 +301,9 @@ def protect_files(
     Each output is written atomically and carries its provenance (method, budget, settings hash,
     source hash) and, with `optout`, the machine-readable training reservation; a re-run skips
     outputs already made from the same source with the same settings, so an interrupted run
-    resumes (their metrics come from the earlier summary). All pending images are protected as
-    one set (inner-loop methods train one surrogate state on all of them).
+    resumes (their metrics come from the earlier summary). UDP, EUDP and ASPL protect all pending
+    images as one set (one surrogate state trained on all of them); other methods go batch by
+    batch, so a cancelled run keeps the images already finished.
     Every problem with one file (unreadable, truncated, too large, unwritable) fails that file
     only. Greyscale inputs stay greyscale; `fmt="auto"` keeps each input's container.
     An image's `seconds` is its own reading and writing plus its share, by tile count, of the
@@ -367,49 +368,54 @@ def protect_files(
         "demo_only": surrogate.demo_only,
         "fingerprint": fingerprint,
     }
-    chunk = []
-    for outcome, path, rel, source_hash, out_format in pending:
-        read_started = time.perf_counter()
-        try:
-            loaded = load_image(path)
-            mask_file = _mask_for(mask_path, rel)
-            mask_array = load_mask(mask_file, loaded.rgb.shape[:2]) if mask_file else None
-        except InputFileError as exc:
-            outcome.status, outcome.error = "failed", exc.problem if exc.path == str(path) else str(exc)
-            continue
-        outcome.notes = list(loaded.notes)
-        chunk.append((outcome, loaded, mask_array, source_hash, out_format, time.perf_counter() - read_started))
-    if chunk:
-        chunk_started = time.perf_counter()
-        try:
-            result = protect_images(surrogate, [c[1].rgb for c in chunk], settings, [c[2] for c in chunk], progress)
-        except ProtectionError as exc:
-            for outcome, *_ in chunk:
-                outcome.status, outcome.error = "failed", str(exc)
-            chunk = []
-        chunk_seconds = time.perf_counter() - chunk_started
-        tiles = [tile_count(*c[1].rgb.shape[:2]) for c in chunk]
-        for index, (outcome, loaded, _, source_hash, out_format, read_seconds) in enumerate(chunk):
-            write_started = time.perf_counter()
+    # inner-loop methods train one state on the whole set; the others finish (and are written) batch by batch
+    objective = make_objective(settings.method, settings.method_options)
+    whole_set = isinstance(objective, InnerLoopObjective) and objective.scope == "dataset"
+    images_per_call = max(1, len(pending)) if whole_set else settings.batch_size
+    for first in range(0, len(pending), images_per_call):
+        chunk = []
+        for outcome, path, rel, source_hash, out_format in pending[first : first + images_per_call]:
+            read_started = time.perf_counter()
             try:
-                data, published, notes = _publish(
-                    loaded, result.arrays[index], out_format, quality, fmt == "auto",
-                    metadata={**metadata, "source_sha256": source_hash}, icc_profile=loaded.icc_profile, exif=loaded.exif,
-                )  # fmt: skip
-                if optout:
-                    data = apply_optout(data, out_format, optout, action=protection_action(metadata), source=Path(outcome.source))
-                atomic_write_bytes(outcome.output, data)
-            except (OSError, ValueError) as exc:
-                outcome.status, outcome.error = "failed", f"cannot write output ({exc})"
+                loaded = load_image(path)
+                mask_file = _mask_for(mask_path, rel)
+                mask_array = load_mask(mask_file, loaded.rgb.shape[:2]) if mask_file else None
+            except InputFileError as exc:
+                outcome.status, outcome.error = "failed", exc.problem if exc.path == str(path) else str(exc)
                 continue
-            outcome.notes += [*_container_notes(Path(outcome.source), out_format, len(data)), *notes]
-            outcome.status = "protected"
-            outcome.objective_first = round(result.objective_first[index], 6)
-            outcome.objective_last = round(result.objective_last[index], 6)
-            for key, value in visibility(loaded.rgb, published).items():
-                setattr(outcome, key, value)
-            own_seconds = read_seconds + time.perf_counter() - write_started
-            outcome.seconds = round(own_seconds + chunk_seconds * tiles[index] / sum(tiles), 3)
+            outcome.notes = list(loaded.notes)
+            chunk.append((outcome, loaded, mask_array, source_hash, out_format, time.perf_counter() - read_started))
+        if chunk:
+            chunk_started = time.perf_counter()
+            try:
+                result = protect_images(surrogate, [c[1].rgb for c in chunk], settings, [c[2] for c in chunk], progress)
+            except ProtectionError as exc:
+                for outcome, *_ in chunk:
+                    outcome.status, outcome.error = "failed", str(exc)
+                chunk = []
+            chunk_seconds = time.perf_counter() - chunk_started
+            tiles = [tile_count(*c[1].rgb.shape[:2]) for c in chunk]
+            for index, (outcome, loaded, _, source_hash, out_format, read_seconds) in enumerate(chunk):
+                write_started = time.perf_counter()
+                try:
+                    data, published, notes = _publish(
+                        loaded, result.arrays[index], out_format, quality, fmt == "auto",
+                        metadata={**metadata, "source_sha256": source_hash}, icc_profile=loaded.icc_profile, exif=loaded.exif,
+                    )  # fmt: skip
+                    if optout:
+                        data = apply_optout(data, out_format, optout, action=protection_action(metadata), source=Path(outcome.source))
+                    atomic_write_bytes(outcome.output, data)
+                except (OSError, ValueError) as exc:
+                    outcome.status, outcome.error = "failed", f"cannot write output ({exc})"
+                    continue
+                outcome.notes += [*_container_notes(Path(outcome.source), out_format, len(data)), *notes]
+                outcome.status = "protected"
+                outcome.objective_first = round(result.objective_first[index], 6)
+                outcome.objective_last = round(result.objective_last[index], 6)
+                for key, value in visibility(loaded.rgb, published).items():
+                    setattr(outcome, key, value)
+                own_seconds = read_seconds + time.perf_counter() - write_started
+                outcome.seconds = round(own_seconds + chunk_seconds * tiles[index] / sum(tiles), 3)
     return RunSummary(
         outcomes=outcomes,
         settings=settings.to_dict(),

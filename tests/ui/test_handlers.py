@@ -148,7 +148,8 @@ def test_verify_generates_both_arms_and_writes_the_report(tmp_path, photo_file, 
     other = handlers.run_mark(hooks, dataset_dir=str(dataset), rate=0.25, trigger="kpt4", template="window").downloads[0]
     view = handlers.run_verify(hooks, key_path=f"{key}\n{other}", model="builtin:tiny", n=4, steps=1, resolution=64)
     assert view.status.startswith("**") and "keys flagged" in view.status
-    assert [k["key_name"] for k in view.result["keys"]] == ["dataset", "dataset-2"]  # both keys are named after their dataset
+    names = [k["key_name"] for k in view.result["keys"]]
+    assert len(set(names)) == 2 and all(name.startswith("dataset") for name in names)  # both keys are named after their dataset
     assert "zqv7" not in json.dumps(view.result) + view.status + Path(view.downloads[0]).read_text()
     assert "zqv7" in (Path(view.downloads[0]).parent / "keys" / view.result["keys"][0]["key_name"] / "report.html").read_text()
     with pytest.raises(SettingsError, match="LoRA file not found"):

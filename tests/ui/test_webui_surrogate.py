@@ -64,7 +64,8 @@ def test_protection_runs_on_the_loaded_model_and_leaves_it_unchanged(adapter, st
     for method, options in (("advdm", {}), ("udp", {}), ("udp", {"inner_params": "all"})):  # udp trains adapters / weight copies
         # a host may call in inference mode; the tab's run_exclusive leaves it, as here
         with torch.inference_mode(), torch.inference_mode(False), torch.enable_grad():
-            result = assert_optimised(surrogate, images, ProtectSettings(method=method, steps=6, budget=8, method_options=options))
+            result = assert_optimised(surrogate, images, ProtectSettings(method=method, steps=6, budget=8, method_options=options),
+                                      objective_moves=False)
         assert result.delta.abs().max() <= 8 / 255 + 1e-6
     same(before, snapshot(*modules))
 
@@ -79,7 +80,7 @@ def test_half_precision_unet_as_a1111_holds_it_is_optimised(adapter, stubs, dtyp
     options = {"inner_every": 2, "inner_steps": 2} if method == "eudp" else {"pgd_per_round": 3} if method == "aspl" else {}
     with torch.inference_mode(), torch.inference_mode(False), torch.enable_grad():
         assert_optimised(surrogate, torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
-                         ProtectSettings(method=method, steps=6, budget=8, method_options=options))  # fmt: skip
+                         ProtectSettings(method=method, steps=6, budget=8, method_options=options), objective_moves=False)  # fmt: skip
     same(before, snapshot(ldm))
 
 
