@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from shared_core.files import atomic_write_text  # noqa: E402
 from shared_core.images import load_image, rgb_to_tensor  # noqa: E402
 from shared_core.protect import OBJECTIVES, ProtectSettings, craft_perturbations, make_objective  # noqa: E402
 from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate  # noqa: E402
@@ -73,8 +74,7 @@ def main() -> int:
         "settings": {"steps": args.steps, "budget": 8, "seed": 3, "batch_size": 2, "method options": "defaults"},
         "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # creates the folder
     print(f"wrote {args.out}")
     return 0
 

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from shared_core.files import atomic_write_text  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
     "eudp (LoRA inner state)": {"inner_params": "lora"},
@@ -105,8 +108,7 @@ def main() -> int:
         "what": "one EUDP PGD step plus one inner training minibatch (and the objective's first/last evaluation), batch of 1",
         "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # creates the folder
     print(f"wrote {args.out}")
     return 0
 
