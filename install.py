@@ -42,12 +42,16 @@ def is_satisfied(requirement: str) -> bool:
 
 
 def installed_constraints() -> list[str]:
-    """`name==version` for every distribution already installed: what pip must leave as it is."""
+    """`name==version` for every distribution already installed: what pip must leave as it is.
+
+    A name can be installed twice on the path (a venv plus a user site or a `.pth`-linked folder);
+    the first one is the one `import` and pip see, so it is the one pinned.
+    """
     pins = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions():  # in sys.path order
         name = (dist.metadata["Name"] or "").strip()
         if name and dist.version and _valid_version(dist.version):
-            pins[requirement_name(name)] = f"{name}=={dist.version}"
+            pins.setdefault(requirement_name(name), f"{name}=={dist.version}")
     return [pins[name] for name in sorted(pins)]
 
 

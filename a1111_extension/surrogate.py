@@ -18,7 +18,8 @@ tensors are cloned once (outside inference mode) and swapped in only for the dur
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -39,6 +40,24 @@ def _clone_inference_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]
             if tensor.is_inference():
                 clones[name] = tensor.clone()
         return clones
+
+
+@contextmanager
+def _layer_norm_inputs_copied(module: torch.nn.Module) -> Iterator[None]:
+    """Gives every LayerNorm its own copy of its input for the duration of a call.
+
+    Forge's transformer blocks add the attention output into the residual in place (`x += n`) after
+    a LayerNorm saved that residual for its backward pass: harmless at inference, but under autograd
+    the gradient would be wrong, so PyTorch refuses ("modified by an inplace operation"). A copy per
+    LayerNorm keeps what backward needs intact without touching Forge's code or weights.
+    """
+    copy = lambda _module, args: (args[0].clone(), *args[1:])  # noqa: E731
+    handles = [m.register_forward_pre_hook(copy) for m in module.modules() if isinstance(m, torch.nn.LayerNorm)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _Call(torch.nn.Module):
@@ -195,10 +214,12 @@ class WebUISurrogate(Surrogate):
         else:  # LDM DiffusionWrapper(x, t, c_crossattn=[cond]): its hooks (A1111 --medvram) still run
             module, args, kwargs = self.denoiser_holder, (x, t), {"c_crossattn": [context]}
             overrides = {f"diffusion_model.{k}": v for k, v in overrides.items()}
-        if overrides:
-            output = functional_call(module, overrides, args, kwargs, strict=False)
-        else:
-            output = module(*args, **kwargs)
+        guard = _layer_norm_inputs_copied(self.unet) if self.is_forge and torch.is_grad_enabled() else nullcontext()
+        with guard:
+            if overrides:
+                output = functional_call(module, overrides, args, kwargs, strict=False)
+            else:
+                output = module(*args, **kwargs)
         return output.float()
 
     def describe(self) -> dict:

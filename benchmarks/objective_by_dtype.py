@@ -1,10 +1,14 @@
-"""Each method's objective at the first and the last PGD step, for a denoiser held in fp32, bf16 and fp16.
+"""Each method's objective before and after protection, for a denoiser held in fp32, bf16 and fp16.
 
 The tiny Stable-Diffusion-shaped model (random weights: this checks that optimisation happens on
-every precision, not how well it protects) protects three real photo crops; for each method and
-dtype it records the per-image objective before and after, and the share of 8-bit channels that
-differ between the N-step and the 1-step output (0 would mean the optimiser returned its random
-start). Writes a JSON with the command, versions and raw numbers.
+every precision, not how well it protects) protects three real photo crops with each method's
+defaults. Per method and dtype it records, under the same 32 fixed (t, noise) draws, the method's
+objective on the clean crops, on uniform noise of the same budget and on the protected crops (the
+gain over clean should be well beyond noise's, in the method's direction); for UDP and EUDP, whose
+objective acts through the model a victim trains, also the loss of a separately seeded victim LoRA
+trained on each version. It also gives the share of 8-bit channels where the N-step output differs
+from the 1-step output (0 would mean the optimiser returned its random start). Writes a JSON with
+the command, versions and raw numbers.
 
     python benchmarks/objective_by_dtype.py --steps 20 --out benchmarks/precision/objective-by-dtype.json
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -24,12 +29,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared_core.files import atomic_write_text  # noqa: E402
+from shared_core.bench.artefact import write_artefact  # noqa: E402
 from shared_core.images import load_image, rgb_to_tensor  # noqa: E402
-from shared_core.protect import OBJECTIVES, ProtectSettings, craft_perturbations, make_objective  # noqa: E402
+from shared_core.protect import OBJECTIVES, ProtectSettings, craft_perturbations, evaluate_objective, make_objective  # noqa: E402
+from shared_core.protect.victim import victim_loss  # noqa: E402
 from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate  # noqa: E402
 from shared_core.surrogates.loading import DTYPES, _denoiser_dtype  # noqa: E402
 from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline  # noqa: E402
+
+BUDGET = 8.0
+DRAWS = 32
 
 
 def crops() -> list[torch.Tensor]:
@@ -38,6 +47,39 @@ def crops() -> list[torch.Tensor]:
     data = Path(skimage.__file__).parent / "data"
     photos = [load_image(data / name).rgb for name in ("astronaut.png", "chelsea.png", "coffee.png")]
     return [rgb_to_tensor(photos[0][60:92, 200:232]), rgb_to_tensor(photos[1][80:112, 150:182]), rgb_to_tensor(photos[2][100:132, 100:132])]
+
+
+def uniform_noise(images: list[torch.Tensor], seed: int = 7) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [(image + (torch.rand(image.shape, generator=generator) * 2 - 1) * BUDGET / 255).clamp(0, 1) for image in images]
+
+
+def measure(surrogate, images: list[torch.Tensor], method: str, steps: int) -> dict:
+    settings = ProtectSettings(method=method, steps=steps, budget=BUDGET, seed=3, batch_size=2)
+    objective = make_objective(method)
+    started = time.perf_counter()
+    result = craft_perturbations(surrogate, images, settings, objective=objective)
+    seconds = time.perf_counter() - started
+    one = craft_perturbations(surrogate, images, replace(settings, steps=1))
+    protected = [(i + d).clamp(0, 1) for i, d in zip(images, result.deltas)]
+    as_uint8 = lambda ts: torch.stack([(t * 255).round() for t in ts])  # noqa: E731
+    changed = (as_uint8(protected) != as_uint8([(i + d).clamp(0, 1) for i, d in zip(images, one.deltas)])).float().mean().item()
+    versions = {"clean": images, "noise": uniform_noise(images), "protected": protected}
+    value = {name: float(np.mean(evaluate_objective(surrogate, objective, pixels, settings, draws=DRAWS))) for name, pixels in versions.items()}
+    direction = 1.0 if objective.maximise else -1.0
+    row = {
+        "method": method, "maximise": objective.maximise,
+        "engine_objective_first": [round(v, 6) for v in result.objective_first],
+        "engine_objective_last": [round(v, 6) for v in result.objective_last],
+        "objective": {k: round(v, 6) for k, v in value.items()},
+        "gain_protected": round(direction * (value["protected"] - value["clean"]), 6),
+        "gain_noise": round(direction * (value["noise"] - value["clean"]), 6),
+        "changed_vs_one_step": round(changed, 4),
+        "seconds": round(seconds, 2),
+    }  # fmt: skip
+    if method in ("udp", "eudp"):
+        row["victim_loss"] = {name: round(victim_loss(surrogate, pixels, settings), 6) for name, pixels in versions.items()}
+    return row
 
 
 def main() -> int:
@@ -51,30 +93,15 @@ def main() -> int:
     for dtype_name, dtype in DTYPES.items():
         surrogate = LatentDiffusersSurrogate(_denoiser_dtype(copy.deepcopy(pipeline), dtype), "tiny32", torch.device("cpu"), dtype)
         for method in OBJECTIVES:
-            settings = ProtectSettings(method=method, steps=args.steps, budget=8, seed=3, batch_size=2)
-            started = time.perf_counter()
-            result = craft_perturbations(surrogate, images, settings)
-            seconds = time.perf_counter() - started
-            one = craft_perturbations(surrogate, images, replace(settings, steps=1))
-            to_uint8 = lambda deltas: np.stack([((i + d).clamp(0, 1) * 255).round().numpy() for i, d in zip(images, deltas)])  # noqa: E731
-            rows.append({
-                "dtype": dtype_name, "method": method, "maximise": make_objective(method).maximise,
-                "objective_first": [round(v, 6) for v in result.objective_first],
-                "objective_last": [round(v, 6) for v in result.objective_last],
-                "changed_vs_one_step": round(float((to_uint8(result.deltas) != to_uint8(one.deltas)).mean()), 4),
-                "seconds": round(seconds, 2),
-            })  # fmt: skip
+            rows.append({"dtype": dtype_name, **measure(surrogate, images, method, args.steps)})
             print(json.dumps(rows[-1]), flush=True)
-    report = {
-        "command": " ".join(["python", *sys.argv]),
-        "device": "cpu",
-        "torch": torch.__version__,
+    write_artefact(args.out, shlex.join(["python", *sys.argv]), "cpu", {
         "model": "tiny SD-shaped (TinyLatentConfig(resolution=32)), random weights",
         "images": "three 32x32 crops of scikit-image astronaut, chelsea, coffee",
-        "settings": {"steps": args.steps, "budget": 8, "seed": 3, "batch_size": 2, "method options": "defaults"},
+        "settings": {"steps": args.steps, "budget": BUDGET, "seed": 3, "batch_size": 2, "method options": "defaults",
+                     "evaluation_draws": DRAWS, "victim": "fresh LoRA rank 4, seed 1234, 24 AdamW steps at 1e-3"},
         "results": rows,
-    }
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")  # creates the folder
+    })  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 

@@ -596,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="overhead: engine step time versus a bare forward+backward; efficacy: victims trained on protected data; "
                             "tracing: victims trained on marked data, TPR/FPR by marking rate and count")  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="efficacy: the ~5-minute smoke plan on digits (without it, the photo settings); tracing: the few-minute smoke plan")
+    bench.add_argument("--plan", choices=["headline", "full"], default="full",
+                       help="efficacy: full = every method, budget, countermeasure and transfer on the photo settings; "
+                            "headline = clean, noise and the default method only (hours on 2 CPU cores instead of a day)")  # fmt: skip
     bench.add_argument("--out", default=None, help="efficacy, tracing: output folder (default bench-WHICH-full or -quick); a rerun resumes")
     bench.add_argument("--seeds", default=None, help="efficacy: comma-separated seeds instead of the plan's")
     bench.add_argument("--settings", default=None, help="efficacy: comma-separated subset of scratch,finetune")

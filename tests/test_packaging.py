@@ -92,3 +92,18 @@ def test_ci_fails_instead_of_skipping_the_ui_tests():
     assert "missing+=(chromium)" in script and 'apt-get install -y -q "${missing[@]}"' in script
     create = next(line for line in script.splitlines() if "gradio_envs.py create" in line)
     assert "||" not in create, "a failed host gradio environment must fail the build"
+
+
+def test_install_pins_the_copy_import_sees_when_a_package_is_installed_twice(tmp_path, monkeypatch):
+    """A later folder on sys.path (a user site, a .pth-linked environment) with a newer numpy must not
+    become the constraint: pip would then upgrade the host's numpy to it."""
+    install = load_by_path(ROOT / "install.py", "unlearnable_install")
+    from importlib import metadata
+
+    shadowed = tmp_path / "numpy-99.0.dist-info"
+    shadowed.mkdir()
+    (shadowed / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 99.0\n")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
+    assert [d.version for d in metadata.distributions(name="numpy")][-1] == "99.0"
+    pins = [line for line in install.installed_constraints() if line.lower().startswith("numpy==")]
+    assert pins == [f"numpy=={metadata.version('numpy')}"]

@@ -10,21 +10,16 @@ dtype and every raw timing (the README's figures are such files under benchmarks
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import resource
 import shlex
 import statistics
 import time
-from datetime import datetime, timezone
 
 import torch
 
-from .. import __version__
-from ..files import atomic_write_text
 from ..protect import ProtectSettings, craft_perturbation
 from ..surrogates import load_surrogate
+from .artefact import write_artefact
 
 
 def _sync(device: torch.device) -> None:
@@ -94,39 +89,10 @@ def run(model: str = "builtin:tiny", device: str = "auto", batch_size: int = 2, 
     return result
 
 
-def device_name(device: torch.device) -> str:
-    """The accelerator's or CPU's model name, as recorded in the JSON."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()})"
-
-
-def artefact(result: dict, argv: list[str]) -> dict:
-    """The result with what it was measured with: enough to rerun it and to judge it."""
-    device = torch.device(result["device"])
-    return {
-        "command": shlex.join(["unlearnable", *argv]),
-        "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "unlearnable": __version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device_name": device_name(device),
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # other work on the machine
-        **result,
-    }
-
-
 def main(args) -> int:
     result = run(args.model, args.device, args.batch_size, args.resolution, args.steps, args.repeats, args.method, args.low_memory)
     if args.json:
-        atomic_write_text(args.json, json.dumps(artefact(result, args.argv), indent=1) + "\n")
+        write_artefact(args.json, shlex.join(["unlearnable", *args.argv]), result["device"], result)
     for key in ("model", "device", "batch_size", "resolution", "method"):
         print(f"{key}={result[key]}")
     print(f"seconds_per_step_engine={result['seconds_per_step_engine']:.4f}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -244,22 +244,20 @@ def craft_perturbations(
     first: dict[int, list[float]] = {}
     last: dict[int, list[float]] = {}
     per_step: list[list[float]] = [[] for _ in range(settings.steps)]
-    groups = [run.batches] if objective.scope == "dataset" else [[batch] for batch in run.batches]
-    all_batches = run.batches
-    for group in groups:
-        run.batches = group
-        objective.setup(run)
+    # scope "dataset": one inner state over the whole set; "batch": each batch alone, as if it were the whole set
+    views = [run] if objective.scope == "dataset" else [replace(run, batches=[batch]) for batch in run.batches]
+    for view in views:
+        objective.setup(view)
         for step in range(settings.steps):
-            objective.before_step(run, step)
-            for ctx in group:
+            objective.before_step(view, step)
+            for ctx in view.batches:
                 if step == 0:
                     _record(first, ctx, _evaluate(objective, ctx))
                 per_step[step].append(_pgd_step(objective, ctx, step, moved))
                 if on_step is not None:
                     on_step(len(ctx.tiles))
-        for ctx in group:
+        for ctx in view.batches:
             _record(last, ctx, _evaluate(objective, ctx))
-    run.batches = all_batches
     return PerturbationResult(deltas=run.deltas, losses=[sum(v) / len(v) for v in per_step],
                               objective_first=_per_image(first), objective_last=_per_image(last), moved=moved)  # fmt: skip
 

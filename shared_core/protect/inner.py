@@ -52,6 +52,16 @@ class InnerWeights:
         raise NotImplementedError
 
 
+def _is_linear(layer: torch.nn.Module) -> bool:
+    """A torch Linear, or a host's own linear layer: Forge builds its UNet with a Linear that is a plain
+    Module holding `weight` [out, in], `in_features` and `out_features` (weights load lazily)."""
+    if isinstance(layer, torch.nn.Linear):
+        return True
+    weight = getattr(layer, "weight", None)
+    return (isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(layer, "in_features", None) == weight.shape[1]
+            and getattr(layer, "out_features", None) == weight.shape[0])  # fmt: skip
+
+
 class _Adapter:
     """One LoRA pair for a Linear or Conv2d layer: out += up(down(x)), computed in float32."""
 
@@ -105,7 +115,7 @@ class LoRAWeights(InnerWeights):
         generator = torch.Generator().manual_seed(seed)
         self.adapters: dict[str, _Adapter] = {}
         for name, layer in denoiser.named_modules():
-            if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or getattr(layer, "weight", None) is None:
+            if not (_is_linear(layer) or isinstance(layer, torch.nn.Conv2d)) or getattr(layer, "weight", None) is None:
                 continue
             if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
                 continue

@@ -53,14 +53,28 @@ def load_comfy_helpers():
     return load_by_path(ROOT / "tests" / "comfyui" / "real_comfyui.py", "unlearnable_tests_real_comfyui")
 
 
+VERSIONS = ("import json\nfrom importlib import metadata\nseen = {}\n"
+            "for d in metadata.distributions():\n    seen.setdefault((d.metadata['Name'] or '').lower(), d.version)\n"
+            "print(json.dumps(seen))")  # the version import sees of every distribution (the first on the path)
+
+
+def host_versions(python: str) -> dict[str, str]:
+    return json.loads(subprocess.run([python, "-c", VERSIONS], capture_output=True, text=True, check=True).stdout)
+
+
 def install_extension(root: Path, python: str, data_dir: Path) -> dict:
     """Copy the repository into <data>/extensions/unlearnable and run its install.py as the web UI does."""
     target = data_dir / "extensions" / "unlearnable"
     shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(*NOT_INSTALLED), symlinks=True)
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    before = host_versions(python)
     start = time.perf_counter()
     run = subprocess.run([python, str(target / "install.py")], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    return {"returncode": run.returncode, "output": (run.stdout + run.stderr)[-4000:], "seconds": round(time.perf_counter() - start, 1)}
+    seconds = round(time.perf_counter() - start, 1)
+    after = host_versions(python)
+    changed = {name: f"{before[name]} -> {after.get(name, 'removed')}" for name in before if after.get(name) != before[name]}
+    return {"returncode": run.returncode, "output": (run.stdout + run.stderr)[-4000:], "seconds": seconds, "host_packages_changed": changed,
+            "added": sorted(f"{name}=={after[name]}" for name in after.keys() - before.keys())}  # fmt: skip
 
 
 class WebUIServer:
@@ -126,7 +140,8 @@ except ImportError:  # gradio_client < 1 (gradio 3): a path is uploaded as it is
     upload = image
 client = Client(url, verbose=False)
 api = client.view_api(print_info=False, return_format="dict")
-gallery, downloads, table, status = client.predict([upload], "", model, "", "advdm", budget, steps, [], "", "png", 0, 1,
+# files, folder, model, model path, method (the default), budget, steps, robust, prompt, format, seed, batch, opt-out, creator, copyright, contact
+gallery, downloads, table, status = client.predict([upload], "", model, "", "eudp", budget, steps, [], "", "png", 0, 1, True, "", "", "",
                                                    api_name="/protect")
 print(json.dumps({"named_endpoints": sorted(api["named_endpoints"]), "downloads": downloads, "table": table, "status": status}))
 """
@@ -178,7 +193,8 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path) -> di
         raise RuntimeError(f"install.py failed:\n{installed['output']}")
     image = work / "input.png"
     Image.fromarray(comfy.photo_crop((64, 64))).save(image)
-    report = {"host": kind, "install_py_seconds": installed["seconds"], "install_py_output": installed["output"].strip()[-500:]}
+    report = {"host": kind, "install_py_seconds": installed["seconds"], "install_py_output": installed["output"].strip()[-500:],
+              "host_packages_changed": installed["host_packages_changed"], "packages_added": installed["added"]}  # fmt: skip
     with WebUIServer(kind, root, python, work) as server:
         report["start_seconds"] = server.started_seconds
         options = server.get("/sdapi/v1/options")

@@ -33,6 +33,7 @@ def test_tab_loads_and_protects_inside_the_real_webui(kind, tmp_path):
     real = load_by_path(HERE / "real_webui.py", "unlearnable_tests_real_webui")
     report = real.run_checks(kind, Path(root), os.environ.get(python_var, sys.executable), tmp_path / "data", tmp_path / f"{kind}-tab.png")
     print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
+    assert not report["host_packages_changed"], f"install.py changed the web UI's packages: {report['host_packages_changed']}"
     assert not report["log_errors"], report["log_errors"]
     assert {"unlearnable_protect_run", "unlearnable_mark_run", "unlearnable_verify_run", "unlearnable_lora_run"} <= set(report["tab_elements"])
     assert {f"setting_unlearnable_{k}" for k in ("method", "budget", "steps", "outdir")} <= set(report["settings_elements"])

@@ -244,8 +244,10 @@ def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow.get("links", [])}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4) or node["type"] not in object_info:  # muted / bypassed / notes
+        if node.get("mode", 0) in (2, 4) or node["type"] in ("Note", "MarkdownNote"):  # muted / bypassed / notes
             continue
+        if node["type"] not in object_info:  # e.g. this pack failed to import: say so instead of a prompt with holes
+            raise RuntimeError(f"node type {node['type']!r} of the workflow is not in the server's /object_info (did the node pack load?)")
         info = object_info[node["type"]]
         specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
         order = info["input_order"].get("required", []) + info["input_order"].get("optional", [])

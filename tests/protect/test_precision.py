@@ -16,9 +16,8 @@ import torch
 from shared_core.errors import ProtectionError
 from shared_core.images import rgb_to_tensor
 from shared_core.protect import ProtectSettings, craft_perturbations, make_objective, protect_arrays
-from shared_core.protect.engine import _new_run, evaluate_objective
-from shared_core.protect.inner import LoRAWeights
-from shared_core.protect.objectives import Objective
+from shared_core.protect.engine import evaluate_objective
+from shared_core.protect.victim import victim_loss
 from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate
 from shared_core.surrogates.loading import DTYPES, _denoiser_dtype
 from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
@@ -83,30 +82,6 @@ def test_optimisation_moves_the_objective_beyond_noise(surrogates, crops, method
     gain, noise_gain = direction * (crafted - clean), direction * (noisy - clean)
     assert np.isfinite([clean, crafted, noisy]).all(), (clean, crafted, noisy)
     assert gain > 0 and gain > 2 * abs(noise_gain), f"{method}/{dtype}: clean {clean:.5f} protected {crafted:.5f} noise {noisy:.5f}"
-
-
-class VictimLoss(Objective):
-    """The denoising loss of a victim's trained adapters (measured with the engine's fixed draws)."""
-
-    name = "victim"
-
-    def __init__(self, weights):
-        self.weights = weights
-
-    def loss(self, ctx, pixels):
-        return ctx.denoising_loss(pixels, self.weights)
-
-    def active(self):
-        return self.weights.active()
-
-
-def victim_loss(surrogate, pixels: list[torch.Tensor], settings: ProtectSettings, steps: int = 24) -> float:
-    """Train a fresh victim LoRA (its own seed and rank, never the attacker's weights) on `pixels`
-    and return its training loss on them: what the victim learned from the protected set."""
-    weights = LoRAWeights(surrogate.denoiser, rank=4, seed=1234)
-    run = _new_run(surrogate, pixels, settings, make_objective("advdm"), random_start=False)
-    run.train(weights, torch.optim.AdamW(weights.parameters(), lr=1e-3, weight_decay=0.0), steps, method="victim")
-    return float(np.mean(evaluate_objective(surrogate, VictimLoss(weights), pixels, settings, draws=16)))
 
 
 @pytest.mark.slow

@@ -114,3 +114,28 @@ def test_v_prediction_follows_parameterization(adapter, stubs):
     ldm.parameterization = "v"
     surrogate = adapter(ldm)
     assert surrogate.prediction_type == "v_prediction" and surrogate.native_resolution == 768
+
+
+def test_forge_in_place_residual_adds_keep_their_gradient(webui):
+    """Forge's transformer blocks do `n = norm(x); x += n`: autograd refuses that unless the norm gets a copy."""
+    from a1111_extension.surrogate import _layer_norm_inputs_copied
+
+    class ForgeBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2, self.proj = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 8)
+
+        def forward(self, x, in_place=True):
+            x = self.proj(x)
+            for norm in (self.norm1, self.norm2):
+                n = norm(x)
+                x = x.add_(n) if in_place else x + n
+            return x
+
+    block, x = ForgeBlock(), torch.randn(2, 4, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        torch.autograd.grad(block(x).square().sum(), x)
+    with _layer_norm_inputs_copied(block):
+        (gradient,) = torch.autograd.grad(block(x).square().sum(), x)
+    (expected,) = torch.autograd.grad(block(x, in_place=False).square().sum(), x)
+    assert torch.allclose(gradient, expected) and not block.norm1._forward_pre_hooks
