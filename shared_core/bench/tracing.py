@@ -61,7 +61,8 @@ class TracingPlan:
 
     @property
     def runs(self) -> list[tuple[float, int]]:
-        return [(rate, seed) for rate in self.rates for seed in range(self.victims)]
+        """Seed by seed, every rate: a run stopped part-way has victims at every rate."""
+        return [(rate, seed) for seed in range(self.victims) for rate in self.rates]
 
 
 FULL = TracingPlan(name="full", images=1000, rates=(0.0, 0.005, 0.01, 0.02), victims=5, epochs=80)

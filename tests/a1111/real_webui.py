@@ -80,15 +80,16 @@ def install_extension(root: Path, python: str, data_dir: Path) -> dict:
 class WebUIServer:
     """`python launch.py` of a web UI checkout in a temporary data folder; stopped on exit."""
 
-    def __init__(self, kind: str, root: Path, python: str, data_dir: Path):
+    def __init__(self, kind: str, root: Path, python: str, data_dir: Path, extra_flags: tuple[str, ...] = ()):
         self.kind, self.root, self.python, self.data_dir = kind, Path(root), python, Path(data_dir)
+        self.extra_flags = tuple(extra_flags)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.data_dir / "webui.log"
         self.started_seconds: float | None = None
 
     def __enter__(self):
-        command = [self.python, "launch.py", *FLAGS[self.kind], "--data-dir", str(self.data_dir), "--port", str(self.port),
+        command = [self.python, "launch.py", *FLAGS[self.kind], *self.extra_flags, "--data-dir", str(self.data_dir), "--port", str(self.port),
                    "--ckpt", str(self.data_dir / "models" / "Stable-diffusion" / CHECKPOINT)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_CPU_THREADS": "2"}
         self._log = open(self.log_path, "w")
@@ -159,6 +160,20 @@ def protect_through_api(server: WebUIServer, image: Path, model: str, budget: fl
     return result
 
 
+def steps_change(server: WebUIServer, image: Path, model: str, few: int = 1, many: int = 8) -> dict:
+    """Protect the same image with `few` and `many` PGD steps (same seed): the share of 8-bit channels that differ.
+    Near 0 would mean the extra steps did nothing (a lost gradient, an optimiser that returned its start)."""
+    import numpy as np
+    from PIL import Image
+
+    outputs = {}
+    for steps in (few, many):
+        result = protect_through_api(server, image, model, steps=steps)
+        png = next(p for p in download_paths(result["downloads"]) if p.suffix == ".png")
+        outputs[steps] = np.asarray(Image.open(png).convert("RGB"))
+    return {"method": "eudp", "steps": [few, many], "differ_fraction": round(float(np.mean(outputs[few] != outputs[many])), 4)}
+
+
 def download_paths(downloads) -> list[Path]:
     return [Path(d["path"] if isinstance(d, dict) else d) for d in downloads or []]
 
@@ -181,7 +196,7 @@ def screenshot(server: WebUIServer, target: Path) -> None:
         browser.close()
 
 
-def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path) -> dict:
+def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path, extra_flags: tuple[str, ...] = ()) -> dict:
     """Install, start, check tab + settings, protect through the API, screenshot; returns what was measured."""
     import numpy as np
     from PIL import Image
@@ -195,7 +210,8 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path) -> di
     Image.fromarray(comfy.photo_crop((64, 64))).save(image)
     report = {"host": kind, "install_py_seconds": installed["seconds"], "install_py_output": installed["output"].strip()[-500:],
               "host_packages_changed": installed["host_packages_changed"], "packages_added": installed["added"]}  # fmt: skip
-    with WebUIServer(kind, root, python, work) as server:
+    report["flags"] = [*FLAGS[kind], *extra_flags]
+    with WebUIServer(kind, root, python, work, extra_flags) as server:
         report["start_seconds"] = server.started_seconds
         options = server.get("/sdapi/v1/options")
         report["settings"] = {k: v for k, v in options.items() if k.startswith("unlearnable_")}
@@ -219,20 +235,34 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path) -> di
             protected = np.asarray(Image.open(png).convert("RGB")).astype(int)
             report["protect"]["size_kept"] = protected.shape == original.shape
             report["protect"]["linf"] = int(np.abs(protected - original).max())
+            report["steps_change"] = steps_change(server, image, loaded)
         log = server.log_text()
+    report["unet_dtypes"] = [line.strip() for line in log.splitlines() if line.startswith("K-Model Created")]  # Forge: storage and computation dtype
     report["log_errors"] = [line for line in log.splitlines() if ("Error" in line or "Traceback" in line) and "unlearnable" in line.lower()]
     report["log_tail"] = log[-3000:]
     return report
 
 
 def main(argv=None) -> int:
-    """python tests/a1111/real_webui.py KIND WEBUI_ROOT WEBUI_PYTHON: run the checks, refresh docs/a1111/KIND-tab.png."""
+    """python tests/a1111/real_webui.py KIND WEBUI_ROOT WEBUI_PYTHON [WEBUI FLAGS...]: run the checks, refresh docs/a1111/KIND-tab.png."""
     import tempfile
 
-    kind, root, python = (argv or sys.argv[1:])[:3]
+    import shlex
+
+    sys.path.insert(0, str(ROOT))
+    from shared_core.bench.artefact import write_artefact
+
+    kind, root, python, *extra_flags = argv or sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix=f"unlearnable-{kind}-") as work:
-        report = run_checks(kind, Path(root), python, Path(work), ROOT / "docs" / "a1111" / f"{kind}-tab.png")
-    print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
+        report = run_checks(kind, Path(root), python, Path(work), ROOT / "docs" / "a1111" / f"{kind}-tab.png", tuple(extra_flags))
+    report = {k: v for k, v in report.items() if k != "log_tail"}
+    report["protect"].pop("named_endpoints", None)
+    report["webui_commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    report["webui_python_versions"] = {k: v for k, v in host_versions(python).items() if k in ("torch", "gradio", "numpy", "pillow", "diffusers")}
+    out = ROOT / "benchmarks" / "hosts" / f"{kind}{''.join(f.replace('--', '-') for f in extra_flags)}-cpu.json"
+    write_artefact(out, shlex.join(["python", "tests/a1111/real_webui.py", kind, "WEBUI_ROOT", "WEBUI_PYTHON", *extra_flags]), "cpu", report)
+    print(json.dumps(report, indent=1))
+    print(f"wrote {out}")
     return 0
 
 

@@ -45,16 +45,24 @@ def env_ready(version: str) -> bool:
     return result.returncode == 0 and result.stdout.strip().endswith(version)
 
 
-def create(version: str) -> Path:
-    folder = envs_root() / f"gradio-{version}"
-    if not env_python(version).exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(folder)])
+def link_project(version: str) -> None:
+    """Point the venv's `.pth` at this interpreter's site-packages. The venvs live in a per-user cache
+    that several checkouts share, so each test run re-links them to its own project environment."""
     purelib = subprocess.check_output(
         [str(env_python(version)), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
     ).strip()
     project = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    # the project environment first, so that pip sees its torch and never installs another one
-    Path(purelib, PTH_NAME).write_text("\n".join(sorted(project)) + "\n")
+    pth = Path(purelib, PTH_NAME)
+    text = "\n".join(sorted(project)) + "\n"
+    if not pth.exists() or pth.read_text() != text:
+        pth.write_text(text)
+
+
+def create(version: str) -> Path:
+    folder = envs_root() / f"gradio-{version}"
+    if not env_python(version).exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(folder)])
+    link_project(version)  # the project environment first, so that pip sees its torch and never installs another one
     import torch
 
     constraints = folder / "project-torch.txt"

@@ -83,6 +83,7 @@ def test_tab_builds_and_protects_under_the_hosts_gradio(version):
     python = gradio_envs.env_python(version)
     if not python.exists():
         skip_or_fail(f"no gradio {version} venv at {python}; run `python tests/ui/gradio_envs.py create`")
+    gradio_envs.link_project(version)
     run = subprocess.run([str(python), str(HERE / "host_gradio_check.py")], capture_output=True, text=True, timeout=500, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

@@ -32,6 +32,8 @@ def test_protect_upload_and_download_in_chromium(tmp_path, server):
     python = sys.executable if server == "current" else str(gradio_envs.env_python(server))
     if not Path(python).exists():
         skip_or_fail(f"no gradio {server} venv; run `python tests/ui/gradio_envs.py create`")
+    if server != "current":
+        gradio_envs.link_project(server)
     shot = tmp_path / "standalone.png"
     run = subprocess.run([sys.executable, str(HERE / "drive_standalone.py"), "--python", python, "--screenshot", str(shot)],
                          capture_output=True, text=True, timeout=580)
