@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared_core.bench.artefact import write_artefact  # noqa: E402
 from shared_core.images import load_image, rgb_to_tensor  # noqa: E402
 from shared_core.protect import OBJECTIVES, ProtectSettings, craft_perturbations, evaluate_objective, make_objective  # noqa: E402
+from shared_core.protect.engine import EVALUATION_DRAWS  # noqa: E402
 from shared_core.protect.victim import victim_loss  # noqa: E402
 from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate  # noqa: E402
 from shared_core.surrogates.loading import DTYPES, _denoiser_dtype  # noqa: E402
@@ -99,7 +100,7 @@ def main() -> int:
         "model": "tiny SD-shaped (TinyLatentConfig(resolution=32)), random weights",
         "images": "three 32x32 crops of scikit-image astronaut, chelsea, coffee",
         "settings": {"steps": args.steps, "budget": BUDGET, "seed": 3, "batch_size": 2, "method options": "defaults",
-                     "evaluation_draws": DRAWS, "victim": "fresh LoRA rank 4, seed 1234, 24 AdamW steps at 1e-3"},
+                     "evaluation_draws": DRAWS, "engine_evaluation_draws": EVALUATION_DRAWS, "victim": "fresh LoRA rank 4, seed 1234, 24 AdamW steps at 1e-3"},
         "results": rows,
     })  # fmt: skip
     print(f"wrote {args.out}")

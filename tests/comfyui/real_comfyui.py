@@ -210,7 +210,7 @@ class ComfyServer:
         except urllib.error.HTTPError as error:
             raise RuntimeError(f"POST {path}: {error.code} {error.read().decode(errors='replace')[:3000]}") from None
 
-    def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
+    def run_prompt(self, prompt: dict, timeout: float = 1800) -> dict:
         """Queue an API-format prompt and wait for its history entry; raises with ComfyUI's error message."""
         prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "unlearnable-test"})["prompt_id"]
         deadline = time.time() + timeout
