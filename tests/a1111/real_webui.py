@@ -256,6 +256,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix=f"unlearnable-{kind}-") as work:
         report = run_checks(kind, Path(root), python, Path(work), ROOT / "docs" / "a1111" / f"{kind}-tab.png", tuple(extra_flags))
     report = {k: v for k, v in report.items() if k != "log_tail"}
+    report["screenshot"] = str(Path(report["screenshot"]).relative_to(ROOT))
     report["protect"].pop("named_endpoints", None)
     report["webui_commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     report["webui_python_versions"] = {k: v for k, v in host_versions(python).items() if k in ("torch", "gradio", "numpy", "pillow", "diffusers")}
