@@ -43,8 +43,8 @@ def _clone_inference_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]
 
 
 @contextmanager
-def _layer_norm_inputs_copied(module: torch.nn.Module) -> Iterator[None]:
-    """Gives every LayerNorm its own copy of its input for the duration of a call.
+def _layer_norm_inputs_copied(norms: list[torch.nn.Module]) -> Iterator[None]:
+    """Gives each LayerNorm in `norms` its own copy of its input for the duration of a call.
 
     Forge's transformer blocks add the attention output into the residual in place (`x += n`) after
     a LayerNorm saved that residual for its backward pass: harmless at inference, but under autograd
@@ -52,7 +52,7 @@ def _layer_norm_inputs_copied(module: torch.nn.Module) -> Iterator[None]:
     LayerNorm keeps what backward needs intact without touching Forge's code or weights.
     """
     copy = lambda _module, args: (args[0].clone(), *args[1:])  # noqa: E731
-    handles = [m.register_forward_pre_hook(copy) for m in module.modules() if isinstance(m, torch.nn.LayerNorm)]
+    handles = [norm.register_forward_pre_hook(copy) for norm in norms]
     try:
         yield
     finally:
@@ -126,6 +126,8 @@ class WebUISurrogate(Surrogate):
         self.is_sdxl = bool(getattr(sd_model, "is_sdxl", False))
         self.native_resolution = 1024 if self.is_sdxl else 768 if self.prediction_type == "v_prediction" else 512
         self._unet_clones: dict[str, torch.Tensor] | None = None
+        # found once, not on every PGD step: the LayerNorms that get a copy of their input (Forge, see above)
+        self._layer_norms = [m for m in self.unet.modules() if isinstance(m, torch.nn.LayerNorm)] if self.is_forge else []
         self._vae_clones: dict[str, torch.Tensor] | None = None
 
     # -- weights ---------------------------------------------------------------------------
@@ -214,7 +216,7 @@ class WebUISurrogate(Surrogate):
         else:  # LDM DiffusionWrapper(x, t, c_crossattn=[cond]): its hooks (A1111 --medvram) still run
             module, args, kwargs = self.denoiser_holder, (x, t), {"c_crossattn": [context]}
             overrides = {f"diffusion_model.{k}": v for k, v in overrides.items()}
-        guard = _layer_norm_inputs_copied(self.unet) if self.is_forge and torch.is_grad_enabled() else nullcontext()
+        guard = _layer_norm_inputs_copied(self._layer_norms) if self.is_forge and torch.is_grad_enabled() else nullcontext()
         with guard:
             if overrides:
                 output = functional_call(module, overrides, args, kwargs, strict=False)

@@ -135,7 +135,7 @@ def test_forge_in_place_residual_adds_keep_their_gradient(webui):
     block, x = ForgeBlock(), torch.randn(2, 4, 8, requires_grad=True)
     with pytest.raises(RuntimeError, match="inplace operation"):
         torch.autograd.grad(block(x).square().sum(), x)
-    with _layer_norm_inputs_copied(block):
+    with _layer_norm_inputs_copied([block.norm1, block.norm2]):
         (gradient,) = torch.autograd.grad(block(x).square().sum(), x)
     (expected,) = torch.autograd.grad(block(x, in_place=False).square().sum(), x)
     assert torch.allclose(gradient, expected) and not block.norm1._forward_pre_hooks
