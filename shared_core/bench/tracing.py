@@ -54,6 +54,7 @@ class TracingPlan:
     autoencoder_steps: int = 300
     calibration_images: int = 300  # synthetic negatives calibrating each key's template matcher
     alpha: float = 0.01
+    dose_rates: tuple[float, ...] = ()  # higher rates that show the trend; run after every victim of `rates`
 
     @property
     def steps(self) -> int:
@@ -61,11 +62,11 @@ class TracingPlan:
 
     @property
     def runs(self) -> list[tuple[float, int]]:
-        """Seed by seed, every rate: a run stopped part-way has victims at every rate."""
-        return [(rate, seed) for seed in range(self.victims) for rate in self.rates]
+        """Seed by seed, every rate: a run stopped part-way has victims at every rate (the dose rates last)."""
+        return [(rate, seed) for rates in (self.rates, self.dose_rates) for seed in range(self.victims) for rate in rates]
 
 
-FULL = TracingPlan(name="full", images=1000, rates=(0.0, 0.005, 0.01, 0.02), victims=5, epochs=80)
+FULL = TracingPlan(name="full", images=1000, rates=(0.0, 0.005, 0.01), dose_rates=(0.02,), victims=5, epochs=80)
 QUICK = TracingPlan(name="quick", images=100, rates=(0.0, 0.02), victims=1, epochs=30, n=16, sample_steps=8, autoencoder_steps=100)
 
 
@@ -191,6 +192,8 @@ def _markdown(summary: dict, plan: TracingPlan, meta: dict) -> str:
         f"({plan.steps} steps of batch {plan.batch_size}), {plan.victims} victims per rate, at most {plan.n} pairs per key, "
         f"alpha = {plan.alpha} (Holm over the owner's and {DECOYS} decoy keys).", "",
         f"Command: `{meta.get('command', '')}`", "",
+        *([f"**Partial: {meta['victims_done']} of {meta['victims_planned']} planned victims are done**; the same command resumes "
+           "and rewrites these tables.", ""] if meta.get("victims_done", 0) < meta.get("victims_planned", 0) else []),
         "Rate 0: clean victims, so the flagged share is the false-positive rate; otherwise the true-positive rate. "
         "Intervals: exact 95 % (Clopper-Pearson).", "",
         "## By marking rate", "",
@@ -224,16 +227,25 @@ def run(plan: TracingPlan, out: Path, jobs: int = 1, progress=None, command: str
     cores = os.cpu_count() or 1
     pairs = plan.runs
     chunks = max(1, min(jobs, len(pairs)))
-    if chunks > 1:
-        import multiprocessing
+    try:
+        if chunks > 1:
+            import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(chunks) as pool:
-            pool.starmap(run_victims, [(plan, out, pairs[i::chunks], max(1, cores // chunks), progress) for i in range(chunks)], chunksize=1)
-    else:
-        run_victims(plan, out, pairs, cores, progress)
+            with multiprocessing.get_context("spawn").Pool(chunks) as pool:
+                pool.starmap(run_victims, [(plan, out, pairs[i::chunks], max(1, cores // chunks), progress) for i in range(chunks)], chunksize=1)
+        else:
+            run_victims(plan, out, pairs, cores, progress)
+    except KeyboardInterrupt:  # stopped part-way: the tables show the victims done so far, marked partial
+        _tables(plan, out, pairs, cores, jobs, command)
+        raise
+    return _tables(plan, out, pairs, cores, jobs, command)
+
+
+def _tables(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], cores: int, jobs: int, command: str) -> dict:
     planned = {run_id(rate, seed) for rate, seed in pairs}
     runs = [r for r in read_runs(out / f"runs-{SETTING}.jsonl", plan) if r["id"] in planned]
-    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__, "cpu_cores": cores, "jobs": jobs}
+    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__, "cpu_cores": cores, "jobs": jobs,
+            "victims_done": len(runs), "victims_planned": len(pairs)}  # fmt: skip
     return write_results(runs, out, plan, meta)
 
 

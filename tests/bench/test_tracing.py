@@ -47,3 +47,24 @@ def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
     again = run(plan, tmp_path, jobs=1)  # resumes: nothing retrained, the same runs
     assert (tmp_path / "runs-tracing.jsonl").read_text() == log and len(again["runs"]) == 2
     assert json.loads((tmp_path / "results-tracing.json").read_text())["summary"]["by_rate"][0]["rate"] == 0.0
+
+
+def test_the_quoted_rates_finish_before_the_dose_rates():
+    plan = TracingPlan(name="test", images=10, rates=(0.0, 0.01), dose_rates=(0.02,), victims=2, epochs=1)
+    assert plan.runs == [(0.0, 0), (0.01, 0), (0.0, 1), (0.01, 1), (0.02, 0), (0.02, 1)]
+
+
+def test_a_stopped_run_still_writes_tables_marked_partial(tmp_path, monkeypatch):
+    from shared_core.bench import tracing
+
+    plan = TracingPlan(name="test", images=10, rates=(0.0, 0.05), victims=1, epochs=1)
+
+    def one_victim_then_ctrl_c(plan, out, pairs, threads, progress=None):
+        tracing.RunLog(out, plan, tracing.SETTING).add(tracing.run_id(0.0, 0), victim(0.0, 0, 0, NONE))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracing, "run_victims", one_victim_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(plan, tmp_path, jobs=1)
+    assert "**Partial: 1 of 2 planned victims are done**" in (tmp_path / "RESULTS-tracing.md").read_text()
+    assert json.loads((tmp_path / "results-tracing.json").read_text())["meta"]["victims_done"] == 1
