@@ -489,7 +489,8 @@ def read_runs(path: Path, plan: Plan) -> list[dict]:
     return [run for run in runs if run.get("plan") == plan.name]
 
 
-def _save_grid(samples: list[np.ndarray], path: Path, columns: int = 10, count: int = 40) -> None:
+def save_grid(samples: list[np.ndarray], path: Path, columns: int = 10, count: int = 40) -> None:
+    """The first `count` samples as one PNG, tiles 1 px apart, enlarged to at least 64 px by whole pixels (lossless)."""
     tiles = samples[:count]
     h, w = tiles[0].shape[:2]
     rows = (len(tiles) + columns - 1) // columns
@@ -533,7 +534,7 @@ def _protection_runs(setting_class, log: RunLog, plan: Plan, out: Path, progress
                     if seed == plan.seeds[0]:
                         grid = out / "samples" / f"{name}-{mode}-{condition.label.replace(' ', '_')}.png"
                         grid.parent.mkdir(parents=True, exist_ok=True)
-                        _save_grid(samples, grid)
+                        save_grid(samples, grid)
                     log.add(run_id, {"setting": name, "mode": mode, "condition": asdict(condition), "label": condition.label, "seed": seed,
                                      **scores, **cost, **_visibility(setting.owner, prepared), "victim_seconds": time.perf_counter() - started})  # fmt: skip
                     progress(run_id, log.runs[run_id])

@@ -32,7 +32,7 @@ from ..files import atomic_write_text
 from ..surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
 from ..training import train_autoencoder, train_text_to_image
 from .datasets import photo_crops
-from .efficacy import RunLog, read_runs
+from .efficacy import RunLog, read_runs, save_grid
 
 SETTING = "tracing"
 TRIGGERS = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8", "bjx2", "fnq5", "hcz3", "lmt6", "rvk9", "sdp4", "gwn8")
@@ -100,7 +100,8 @@ class TracingSetting:
             keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=len(self.images))
         return keys
 
-    def victim(self, rate: float, seed: int) -> dict:
+    def victim(self, rate: float, seed: int, generations: Path | None = None) -> dict:
+        """Mark, train and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
         from diffusers import DDIMScheduler
 
         from ..trace.detect import TemplateMatcher
@@ -121,13 +122,19 @@ class TracingSetting:
         trained = time.perf_counter()
         generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.size, width=plan.size)
         detectors = {name: TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images) for name, key in keys.items()}
-        verification, _ = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed)
+        verification, arms = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed)
+        grids = {}
+        if generations:  # pair i is image i of both grids: what a detector variant can be re-scored on without retraining
+            generations.mkdir(parents=True, exist_ok=True)
+            for arm, label in (("control", "control"), ("trigger:owner", "trigger")):
+                grids[label] = f"{generations.name}/{run_id(rate, seed).replace('/', '-')}-{label}.png"
+                save_grid(arms[arm], generations.parent / grids[label], columns=8, count=len(arms[arm]))
         keys_out = {r.key_name: {"verdict": r.verdict, "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "p_value_fisher": r.p_value_fisher,
                                  "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed}
                     for r in verification.results}  # fmt: skip
         return {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(owner.marked), "dataset_images": len(images),
                 "epochs": plan.epochs, "train_steps": plan.steps, "keys": keys_out, "images_generated": verification.images_generated,
-                "train_seconds": trained - started, "verify_seconds": time.perf_counter() - trained}  # fmt: skip
+                "train_seconds": trained - started, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
 
 
 def run_victims(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], threads: int, progress=None) -> None:
@@ -139,7 +146,7 @@ def run_victims(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], th
         if log.done(run_id(rate, seed)):
             continue
         setting = setting or TracingSetting(plan)
-        log.add(run_id(rate, seed), setting.victim(rate, seed))
+        log.add(run_id(rate, seed), setting.victim(rate, seed, generations=out / "generations"))
         if progress:
             progress(run_id(rate, seed), log.runs[run_id(rate, seed)])
 
@@ -209,8 +216,44 @@ def _markdown(summary: dict, plan: TracingPlan, meta: dict) -> str:
     for r in summary["by_count"]:
         needed = "-" if r["pairs_needed_median"] is None else f"{r['pairs_needed_median']:.0f}"
         lines.append(f"| {r['marked_images']} | {r['victims']} | {_interval(r['flagged'])} | {r['trigger_hit_rate']:.2f} | {needed} |")
-    lines += ["", f"Decoy keys (other owners' templates and triggers, never trained on) flagged on any victim: {_interval(summary['decoy_keys'])}.", ""]
+    lines += ["", f"Decoy keys (other owners' templates and triggers, never trained on) flagged on any victim: {_interval(summary['decoy_keys'])}.", "",
+              "![flagged share and hit rates by marking rate](trace-rates.png)", ""]
     return "\n".join(lines)
+
+
+def _plot(runs: list[dict], summary: dict, out: Path) -> str:
+    """trace-rates.png: the share of victims flagged per rate (exact 95 % interval), and every victim's hit rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (share, hits) = plt.subplots(1, 2, figsize=(9, 3.6))
+    rows = summary["by_rate"]
+    labels = [f"{r['rate'] * 100:g} %" for r in rows]
+    x = np.arange(len(rows))
+    rates = np.array([r["flagged"]["rate"] for r in rows])
+    errors = np.array([[r["flagged"]["rate"] - r["flagged"]["low"], r["flagged"]["high"] - r["flagged"]["rate"]] for r in rows]).T
+    share.errorbar(x, rates, yerr=errors, fmt="o", capsize=4, color="#c44")
+    for i, r in enumerate(rows):
+        share.annotate(f"{r['flagged']['k']}/{r['flagged']['n']}", (x[i], rates[i]), textcoords="offset points", xytext=(8, -3), fontsize=8)
+    share.set(xticks=x, xticklabels=labels, ylim=(-0.05, 1.05), xlabel="share of the dataset marked",
+              ylabel="victims flagged for the owner's key", title="flagged (clean: false positives)")  # fmt: skip
+    jitter = np.random.default_rng(0)
+    for i, rate in enumerate(r["rate"] for r in rows):
+        own = [run["keys"]["owner"] for run in runs if run["rate"] == rate]
+        offsets = jitter.uniform(-0.12, 0.12, len(own))
+        hits.scatter(x[i] - 0.15 + offsets, [k["trigger_hits"] / k["n"] for k in own], color="#c44", s=18, label="with trigger" if i == 0 else None)
+        hits.scatter(x[i] + 0.15 + offsets, [k["control_hits"] / k["n"] for k in own], color="#777", marker="x", s=18,
+                     label="without trigger" if i == 0 else None)  # fmt: skip
+    hits.set(xticks=x, xticklabels=labels, ylim=(-0.05, 1.05), xlabel="share of the dataset marked",
+             ylabel="generations showing the template", title="each victim's generations")  # fmt: skip
+    hits.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = out / "trace-rates.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def write_results(runs: list[dict], out: Path, plan: TracingPlan, meta: dict) -> dict:
@@ -218,6 +261,8 @@ def write_results(runs: list[dict], out: Path, plan: TracingPlan, meta: dict) ->
     results = {"meta": meta, "summary": summary, "runs": runs}
     atomic_write_text(out / "results-tracing.json", json.dumps(results, indent=1))
     atomic_write_text(out / "RESULTS-tracing.md", _markdown(summary, plan, meta))
+    if runs:
+        results["plot"] = _plot(runs, summary, out)
     return results
 
 

@@ -41,6 +41,8 @@ def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
     marked = next(r for r in results["runs"] if r["rate"] == 0.05)
     assert marked["marked_images"] == 1 and set(marked["keys"]) == {"owner", "decoy1", "decoy2"}
     assert all(1 <= k["n"] <= 4 for k in marked["keys"].values())
+    for grid in marked["generation_grids"].values():  # the owner's trigger arm and the control arm, kept for re-scoring
+        assert (tmp_path / grid).stat().st_size > 0
     table = (tmp_path / "RESULTS-tracing.md").read_text()
     assert "| 5 % | 1 | 1 |" in table and "Decoy keys" in table
     log = (tmp_path / "runs-tracing.jsonl").read_text()
@@ -68,3 +70,4 @@ def test_a_stopped_run_still_writes_tables_marked_partial(tmp_path, monkeypatch)
         run(plan, tmp_path, jobs=1)
     assert "**Partial: 1 of 2 planned victims are done**" in (tmp_path / "RESULTS-tracing.md").read_text()
     assert json.loads((tmp_path / "results-tracing.json").read_text())["meta"]["victims_done"] == 1
+    assert (tmp_path / "trace-rates.png").stat().st_size > 0
