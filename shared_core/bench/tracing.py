@@ -31,6 +31,7 @@ import torch
 from ..files import atomic_write_text
 from ..surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
 from ..training import train_autoencoder, train_text_to_image
+from .artefact import provenance
 from .datasets import photo_crops
 from .efficacy import RunLog, read_runs, save_grid
 
@@ -289,7 +290,7 @@ def run(plan: TracingPlan, out: Path, jobs: int = 1, progress=None, command: str
 def _tables(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], cores: int, jobs: int, command: str) -> dict:
     planned = {run_id(rate, seed) for rate, seed in pairs}
     runs = [r for r in read_runs(out / f"runs-{SETTING}.jsonl", plan) if r["id"] in planned]
-    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__, "cpu_cores": cores, "jobs": jobs,
+    meta = {**provenance(command, "cpu"), "plan": asdict(plan), "cpu_cores": cores, "jobs": jobs,
             "victims_done": len(runs), "victims_planned": len(pairs)}  # fmt: skip
     return write_results(runs, out, plan, meta)
 
