@@ -490,7 +490,7 @@ def read_runs(path: Path, plan: Plan) -> list[dict]:
 
 
 def save_grid(samples: list[np.ndarray], path: Path, columns: int = 10, count: int = 40) -> None:
-    """The first `count` samples as one PNG, tiles 1 px apart, enlarged to at least 64 px by whole pixels (lossless)."""
+    """The first `count` samples as one PNG, tiles 1 px apart, small tiles enlarged by a whole factor towards 64 px (lossless)."""
     tiles = samples[:count]
     h, w = tiles[0].shape[:2]
     rows = (len(tiles) + columns - 1) // columns

@@ -127,9 +127,11 @@ class TracingSetting:
         grids = {}
         if generations:  # pair i is image i of both grids: what a detector variant can be re-scored on without retraining
             generations.mkdir(parents=True, exist_ok=True)
+            stem = run_id(rate, seed).replace("/", "-")
             for arm, label in (("control", "control"), ("trigger:owner", "trigger")):
-                grids[label] = f"{generations.name}/{run_id(rate, seed).replace('/', '-')}-{label}.png"
-                save_grid(arms[arm], generations.parent / grids[label], columns=8, count=len(arms[arm]))
+                path = generations / f"{stem}-{label}.png"
+                save_grid(arms[arm], path, columns=8, count=len(arms[arm]))
+                grids[label] = str(path.relative_to(generations.parent))
         keys_out = {r.key_name: {"verdict": r.verdict, "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "p_value_fisher": r.p_value_fisher,
                                  "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed}
                     for r in verification.results}  # fmt: skip
