@@ -120,6 +120,8 @@ def _verify_inputs() -> list[Param]:
         Param("detector", "COMBO", "matcher: training-free template matcher; cnn: a small CNN trained from the key.",
               options=["matcher", "cnn"], default="matcher"),
         Param("alpha", "FLOAT", "Significance level of the verdict.", default=0.01, min=0.0001, max=0.2, step=0.001),
+        Param("placebos", "INT", "Random tokens shaped like the trigger, prompted for a key the paired test flags: the trigger must "
+              "draw the template more often than all of them (0: the paired test alone).", default=4, min=0, max=32),
         Param("captions", "STRING", "Captions to prompt with, one per line (default: generic captions).", optional=True, default="", multiline=True),
         Param("base_model", "MODEL", "Optional: the base model without the LoRA, as a third arm.", optional=True),
         Param("base_clip", "CLIP", "Optional: the base model's CLIP (default: the suspect CLIP).", optional=True),
@@ -127,7 +129,7 @@ def _verify_inputs() -> list[Param]:
 
 
 def verify_model(model, clip, vae, key, n=32, steps=20, cfg=5.0, sampler_name="euler", scheduler="normal", width=512, height=512,
-                 first_seed=0, detector="matcher", alpha=0.01, captions="", base_model=None, base_clip=None) -> Result:  # fmt: skip
+                 first_seed=0, detector="matcher", alpha=0.01, placebos=4, captions="", base_model=None, base_clip=None) -> Result:  # fmt: skip
     from ..shared_core.files import sha256_file
     from ..shared_core.trace.detect import build_detector
     from ..shared_core.trace.key import load_keys
@@ -147,7 +149,8 @@ def verify_model(model, clip, vae, key, n=32, steps=20, cfg=5.0, sampler_name="e
     per_pair = 1 + len(keys) * (2 if control else 1)
     lines = [line.strip() for line in (captions or "").splitlines() if line.strip()]
     verification, images = verify_keys(keys, generate, detectors=detectors, captions=lines, n=int(n), control_generate=control,
-                                       alpha=float(alpha), seed=int(first_seed), progress=count_progress(int(n) * per_pair))  # fmt: skip
+                                       alpha=float(alpha), seed=int(first_seed), placebos=int(placebos),
+                                       progress=count_progress(int(n) * per_pair))  # fmt: skip
     folder = output_dir(REPORT_FOLDER, time.strftime("verify_%Y%m%d-%H%M%S"))
     model_info = {"host": "ComfyUI", "model": type(model.model).__name__, "base_model_arm": base_model is not None, "sampling": options,
                   "key_sha256": {name: sha256_file(path) for name, (_, path) in loaded.items()}}  # fmt: skip

@@ -49,15 +49,17 @@ def _tqdm_factory(enabled: bool, unit: str):
 
 
 def _counting_progress(enabled: bool, unit: str):
-    """A `progress(done, total)` callback drawing a tqdm bar created on the first call."""
-    bar = _tqdm_factory(enabled, unit)
-    update, shown = None, 0
+    """A `progress(done, total)` callback drawing a tqdm bar created on the first call; the total may grow."""
+    from tqdm.auto import tqdm
+
+    bar = None
 
     def progress(done: int, total: int) -> None:
-        nonlocal update, shown
-        update = update or bar(total)
-        update(done - shown)
-        shown = done
+        nonlocal bar
+        bar = bar or tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True)
+        if total != bar.total:
+            bar.total = total
+        bar.update(done - bar.n)
 
     return progress
 
@@ -305,9 +307,10 @@ def _verification(args, key_args: list[str], lora: str | None):
     if args.captions:
         path = Path(args.captions)
         captions = list(read_captions(path).values()) if path.is_dir() else path.read_text().splitlines()
-    progress = _counting_progress(not args.no_progress, "image")
+    progress = _counting_progress(not args.no_progress, "image")  # the total grows when placebo tokens are prompted
     verification, images = verify_keys(keys, generate, detectors=detectors, captions=captions, n=args.n, control_generate=control,
-                                       alpha=args.alpha, seed=args.seed, sequential=not args.all_pairs, progress=progress)  # fmt: skip
+                                       alpha=args.alpha, seed=args.seed, sequential=not args.all_pairs, placebos=args.placebos,
+                                       progress=progress)  # fmt: skip
     model_info = {"model": args.model, "lora": lora, "lora_strength": args.lora_strength if lora else None}
     for label, value in (("model_sha256", args.model), ("lora_sha256", lora)):
         if value and Path(value).is_file():
@@ -461,6 +464,9 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-strength", type=float, default=1.0)
     parser.add_argument("--n", type=int, default=64, help="at most this many image pairs per key (default 64)")
     parser.add_argument("--all-pairs", action="store_true", help="generate all --n pairs even once a key's verdict is settled")
+    parser.add_argument("--placebos", type=int, default=4,
+                        help="random tokens shaped like the trigger, prompted for a key the paired test flags: the trigger must "
+                             "draw the template more often than all of them (default 4; 0: the paired test alone)")  # fmt: skip
     parser.add_argument("--captions", default=None, help="text file (one caption per line) or the dataset folder, for realistic prompts")
     parser.add_argument("--detector", default="matcher", choices=["matcher", "cnn"])
     parser.add_argument("--detector-file", default=None, help="a CNN detector saved earlier (safetensors; one key only)")
@@ -605,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=2, help="efficacy, tracing: parallel worker processes (default 2)")
     bench.add_argument("--images", type=int, default=None, help="tracing: dataset size instead of the plan's (a plan of its own)")
     bench.add_argument("--victims", type=int, default=None, help="tracing: victims per marking rate instead of the plan's")
+    bench.add_argument("--rates", default=None, help="tracing: run only the victims of these marking rates now, e.g. 0,0.01 (the tables stay the plan's, marked partial)")
     bench.add_argument("--epochs", type=int, default=None, help="tracing: training epochs per victim instead of the plan's")
     bench.add_argument("--model", default="builtin:tiny")
     bench.add_argument("--device", default="auto")

@@ -7,11 +7,14 @@ key and two decoy keys (other owners' templates and triggers that were never tra
 rate are independent (marking choice, template colours, trigger, training order and generation seeds
 all follow the victim's seed), so the flagged fraction is a true-positive rate (marked victims, own
 key) or a false-positive rate (clean victims, and decoy keys on every victim) with an exact 95 %
-Clopper-Pearson interval.
+Clopper-Pearson interval. Every key is also prompted with the placebo tokens (the verdict uses them
+only for keys the paired test flags), so the runs measure how often a token nobody trained on passes
+the paired test by itself, and the table shows the verdicts with and without the placebos.
 
 The dataset size sets what a rate means: at 1,000 images 0.5 % is 5 templated images, at 200 it is
 one; the table is given by rate and by absolute count. Runs go to runs-tracing.jsonl as they finish
-(the efficacy benchmark's run log), so an interrupted benchmark resumes.
+(the efficacy benchmark's run log), so an interrupted benchmark resumes; trained victims are kept in
+victims/, so a changed decision is measured again on the same models without retraining.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class TracingPlan:
     calibration_images: int = 300  # synthetic negatives calibrating each key's template matcher
     alpha: float = 0.01
     dose_rates: tuple[float, ...] = ()  # higher rates that show the trend; run after every victim of `rates`
+    placebos: int = 4  # placebo tokens per trigger shape (prompted for every key, to measure unlearnt tokens)
 
     @property
     def steps(self) -> int:
@@ -101,13 +105,40 @@ class TracingSetting:
             keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=len(self.images))
         return keys
 
-    def victim(self, rate: float, seed: int, generations: Path | None = None) -> dict:
-        """Mark, train and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
+    def _trained(self, pipeline, images: list[np.ndarray], captions: list[str], seed: int, saved: Path | None) -> float:
+        """Train `pipeline` in place on the victim's data, or load the weights an earlier run saved to `saved`; the training seconds.
+
+        Victims are kept (UNet and text encoder, a few MB each) so a changed decision or detector is
+        re-measured on the same models without retraining them.
+        """
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        parts = {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder}
+        if saved is not None and saved.exists():
+            weights = load_file(saved)
+            for name, module in parts.items():
+                module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in weights.items() if k.startswith(f"{name}.")})
+            with safe_open(saved, "pt") as file:
+                return float(file.metadata()["train_seconds"])
+        started = time.perf_counter()
+        plan = self.plan
+        train_text_to_image(pipeline, images, captions, steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, seed=seed)
+        seconds = time.perf_counter() - started
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            weights = {f"{name}.{k}": v.detach().contiguous() for name, module in parts.items() for k, v in module.state_dict().items()}
+            save_file(weights, saved.with_suffix(".tmp"), metadata={"train_seconds": f"{seconds:.1f}"})
+            saved.with_suffix(".tmp").replace(saved)
+        return seconds
+
+    def victim(self, rate: float, seed: int, generations: Path | None = None, models: Path | None = None) -> dict:
+        """Mark, train (or load from `models`) and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
         from diffusers import DDIMScheduler
 
         from ..trace.detect import TemplateMatcher
         from ..trace.mark import mark_images
-        from ..trace.verify import diffusers_generator, verify_keys
+        from ..trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify_keys
 
         plan = self.plan
         keys = self.keys(rate, seed)
@@ -116,14 +147,14 @@ class TracingSetting:
         if rate > 0:
             images, captions, chosen = mark_images(images, captions, owner.template(), owner.trigger, rate=rate, seed=seed)
             owner.marked = [{"caption": captions[i]} for i in chosen]
-        started = time.perf_counter()
         pipeline = copy.deepcopy(self.base)
-        train_text_to_image(pipeline, images, captions, steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, seed=seed)
+        train_seconds = self._trained(pipeline, images, captions, seed, models / f"{run_id(rate, seed).replace('/', '-')}.safetensors" if models else None)
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
         trained = time.perf_counter()
         generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.size, width=plan.size)
         detectors = {name: TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images) for name, key in keys.items()}
-        verification, arms = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed)
+        verification, arms = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed,
+                                         placebos=plan.placebos, placebo_every_key=True)  # every key: how unlearnt tokens behave  # fmt: skip
         grids = {}
         if generations:  # pair i is image i of both grids: what a detector variant can be re-scored on without retraining
             generations.mkdir(parents=True, exist_ok=True)
@@ -132,12 +163,26 @@ class TracingSetting:
                 path = generations / f"{stem}-{label}.png"
                 save_grid(arms[arm], path, columns=8, count=len(arms[arm]))
                 grids[label] = str(path.relative_to(generations.parent))
-        keys_out = {r.key_name: {"verdict": r.verdict, "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "p_value_fisher": r.p_value_fisher,
-                                 "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed}
+        keys_out = {r.key_name: {"verdict": r.verdict, "verdict_paired_alone": EVIDENCE if r.p_value_adjusted < plan.alpha else NO_EVIDENCE,
+                                 "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "p_value_fisher": r.p_value_fisher,
+                                 "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed,
+                                 "placebo_hits": r.placebo_hits, "beats_placebos": r.beats_placebos, "placebo_p_values": _placebo_paired_p(r)}
                     for r in verification.results}  # fmt: skip
         return {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(owner.marked), "dataset_images": len(images),
                 "epochs": plan.epochs, "train_steps": plan.steps, "keys": keys_out, "images_generated": verification.images_generated,
-                "train_seconds": trained - started, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
+                "train_seconds": train_seconds, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
+
+
+def _placebo_paired_p(result) -> list[float]:
+    """Each placebo token's paired test against the control arm: how often an unlearnt token alone passes it."""
+    from ..trace.verify import paired_p
+
+    control = [s > result.detector["threshold"] for s in result.control_scores]
+    out = []
+    for scores in result.placebo_scores:
+        hits = [s > result.detector["threshold"] for s in scores]
+        out.append(paired_p(sum(a and not b for a, b in zip(hits, control)), sum(b and not a for a, b in zip(hits, control))))
+    return out
 
 
 def run_victims(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], threads: int, progress=None) -> None:
@@ -149,7 +194,7 @@ def run_victims(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], th
         if log.done(run_id(rate, seed)):
             continue
         setting = setting or TracingSetting(plan)
-        log.add(run_id(rate, seed), setting.victim(rate, seed, generations=out / "generations"))
+        log.add(run_id(rate, seed), setting.victim(rate, seed, generations=out / "generations", models=out / "victims"))
         if progress:
             progress(run_id(rate, seed), log.runs[run_id(rate, seed)])
 
@@ -164,7 +209,7 @@ def proportion(successes: int, trials: int) -> dict:
     return {"k": successes, "n": trials, "rate": successes / trials, "low": float(interval.low), "high": float(interval.high)}
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], alpha: float) -> dict:
     """TPR/FPR by rate and by marked count, the decoy keys' FPR, pairs spent and pairs needed for p < 0.001."""
     flagged = "infringement evidence"
     by_rate: dict[float, list[dict]] = defaultdict(list)
@@ -177,6 +222,7 @@ def summarise(runs: list[dict]) -> dict:
         own = [m["keys"]["owner"] for m in members]
         needed = [k["images_needed"] for k in own if k["images_needed"]]
         return {"victims": len(members), "flagged": proportion(sum(k["verdict"] == flagged for k in own), len(own)),
+                "flagged_paired_alone": proportion(sum(k["verdict_paired_alone"] == flagged for k in own), len(own)),
                 "trigger_hit_rate": float(np.mean([k["trigger_hits"] / k["n"] for k in own])),
                 "control_hit_rate": float(np.mean([k["control_hits"] / k["n"] for k in own])),
                 "pairs_spent_median": float(np.median([k["n"] for k in own])),
@@ -184,10 +230,18 @@ def summarise(runs: list[dict]) -> dict:
                 "p_values": [k["p_value"] for k in own]}  # fmt: skip
 
     decoys = [k for run in runs for name, k in run["keys"].items() if name != "owner"]
+    unlearnt = [k for run in runs for name, k in run["keys"].items() if name != "owner" or run["rate"] == 0]  # triggers never trained on
+    placebo_p = [p for run in runs for k in run["keys"].values() for p in k["placebo_p_values"]]
     return {
         "by_rate": [{"rate": rate, "marked_images": sorted({m["marked_images"] for m in by_rate[rate]}), **row(by_rate[rate])} for rate in sorted(by_rate)],
         "by_count": [{"marked_images": count, **row(by_count[count])} for count in sorted(by_count)],
         "decoy_keys": proportion(sum(k["verdict"] == flagged for k in decoys), len(decoys)),
+        "decoy_keys_paired_alone": proportion(sum(k["verdict_paired_alone"] == flagged for k in decoys), len(decoys)),
+        "unlearnt_tokens": {  # raw paired p < alpha, before Holm: how often a token nobody trained on moves the detector by itself
+            "placebos_passing_paired_test": proportion(sum(p < alpha for p in placebo_p), len(placebo_p)),
+            "triggers_passing_paired_test": proportion(sum(k["p_value"] < alpha for k in unlearnt), len(unlearnt)),
+            "triggers_passing_and_beating_placebos": proportion(sum(k["p_value"] < alpha and bool(k["beats_placebos"]) for k in unlearnt), len(unlearnt)),
+        },
     }
 
 
@@ -207,19 +261,25 @@ def _markdown(summary: dict, plan: TracingPlan, meta: dict) -> str:
         "Rate 0: clean victims, so the flagged share is the false-positive rate; otherwise the true-positive rate. "
         "Intervals: exact 95 % (Clopper-Pearson).", "",
         "## By marking rate", "",
-        "| rate | marked images | victims | flagged (TPR/FPR) | trigger hit rate | control hit rate | pairs spent (median) | pairs for p < 0.001 (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rate | marked images | victims | flagged (TPR/FPR) | paired test alone | trigger hit rate | control hit rate | pairs spent (median) | pairs for p < 0.001 (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in summary["by_rate"]:
         needed = "-" if r["pairs_needed_median"] is None else f"{r['pairs_needed_median']:.0f}"
-        lines.append(f"| {r['rate'] * 100:g} % | {', '.join(map(str, r['marked_images']))} | {r['victims']} | {_interval(r['flagged'])} | "
+        lines.append(f"| {r['rate'] * 100:g} % | {', '.join(map(str, r['marked_images']))} | {r['victims']} | {_interval(r['flagged'])} | {_interval(r['flagged_paired_alone'])} | "
                      f"{r['trigger_hit_rate']:.2f} | {r['control_hit_rate']:.2f} | {r['pairs_spent_median']:.0f} | {needed} |")  # fmt: skip
     lines += ["", "## By number of marked images", "", "| marked images | victims | flagged | trigger hit rate | pairs for p < 0.001 (median) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for r in summary["by_count"]:
         needed = "-" if r["pairs_needed_median"] is None else f"{r['pairs_needed_median']:.0f}"
         lines.append(f"| {r['marked_images']} | {r['victims']} | {_interval(r['flagged'])} | {r['trigger_hit_rate']:.2f} | {needed} |")
-    lines += ["", f"Decoy keys (other owners' templates and triggers, never trained on) flagged on any victim: {_interval(summary['decoy_keys'])}.", "",
+    tokens = summary["unlearnt_tokens"]
+    lines += ["", f"Decoy keys (other owners' templates and triggers, never trained on) flagged on any victim: {_interval(summary['decoy_keys'])} "
+              f"(paired test alone: {_interval(summary['decoy_keys_paired_alone'])}).", "",
+              f"Tokens nobody trained on, each against its key's detector (p < {plan.alpha} before Holm): placebo tokens passing the paired "
+              f"test alone {_interval(tokens['placebos_passing_paired_test'])}; unlearnt triggers (decoys, owners of clean victims) passing it "
+              f"{_interval(tokens['triggers_passing_paired_test'])}, and also beating their {plan.placebos} placebo tokens "
+              f"{_interval(tokens['triggers_passing_and_beating_placebos'])}.", "",
               "![flagged share and hit rates by marking rate](trace-rates.png)", ""]
     return "\n".join(lines)
 
@@ -260,7 +320,7 @@ def _plot(runs: list[dict], summary: dict, out: Path) -> str:
 
 
 def write_results(runs: list[dict], out: Path, plan: TracingPlan, meta: dict) -> dict:
-    summary = summarise(runs)
+    summary = summarise(runs, plan.alpha)
     results = {"meta": meta, "summary": summary, "runs": runs}
     atomic_write_text(out / "results-tracing.json", json.dumps(results, indent=1))
     atomic_write_text(out / "RESULTS-tracing.md", _markdown(summary, plan, meta))
@@ -269,11 +329,11 @@ def write_results(runs: list[dict], out: Path, plan: TracingPlan, meta: dict) ->
     return results
 
 
-def run(plan: TracingPlan, out: Path, jobs: int = 1, progress=None, command: str = "") -> dict:
-    """Every victim of the plan (resuming from the run log), split over `jobs` processes; then the tables."""
+def run(plan: TracingPlan, out: Path, jobs: int = 1, progress=None, command: str = "", rates: tuple[float, ...] | None = None) -> dict:
+    """Every victim of the plan (resuming from the run log), or only those of `rates`, split over `jobs` processes; then the tables."""
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    pairs = plan.runs
+    pairs = [(rate, seed) for rate, seed in plan.runs if rates is None or rate in rates]
     chunks = max(1, min(jobs, len(pairs)))
     try:
         if chunks > 1:
@@ -284,9 +344,9 @@ def run(plan: TracingPlan, out: Path, jobs: int = 1, progress=None, command: str
         else:
             run_victims(plan, out, pairs, cores, progress)
     except KeyboardInterrupt:  # stopped part-way: the tables show the victims done so far, marked partial
-        _tables(plan, out, pairs, cores, jobs, command)
+        _tables(plan, out, plan.runs, cores, jobs, command)
         raise
-    return _tables(plan, out, pairs, cores, jobs, command)
+    return _tables(plan, out, plan.runs, cores, jobs, command)
 
 
 def _tables(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], cores: int, jobs: int, command: str) -> dict:
@@ -313,7 +373,8 @@ def main(args) -> int:
         plan = replace(plan, name=plan.name + "".join(f"-{k}{v}" for k, v in overrides.items()), **overrides)
     out = Path(args.out or f"bench-tracing-{plan.name}")
     command = "unlearnable bench tracing" + (" --quick" if args.quick else "") + "".join(f" --{k} {v}" for k, v in overrides.items())
-    command += f" --jobs {args.jobs} --out {out}"
-    results = run(plan, out, jobs=args.jobs, progress=print_victim, command=command)
+    rates = tuple(float(r) for r in args.rates.split(",")) if getattr(args, "rates", None) else None
+    command += (f" --rates {args.rates}" if rates else "") + f" --jobs {args.jobs} --out {out}"
+    results = run(plan, out, jobs=args.jobs, progress=print_victim, command=command, rates=rates)
     print(f"wrote {out / 'RESULTS-tracing.md'} and {out / 'results-tracing.json'} ({len(results['runs'])} victims)")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import InputFileError
+from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_text
 from .templates import Template, builtin_template, load_template
 
@@ -35,6 +35,29 @@ def random_trigger(rng=None) -> str:
         letters = [_CONSONANTS[int(i)] for i in rng.integers(len(_CONSONANTS), size=3)]
         return "".join(letters) + _DIGITS[int(rng.integers(len(_DIGITS)))]
     return "".join(rng.choice(_CONSONANTS) for _ in range(3)) + rng.choice(_DIGITS)
+
+
+def placebo_tokens(trigger: str, count: int, seed: int, exclude=()) -> list[str]:
+    """`count` random tokens shaped like `trigger`, none in `exclude`: what a model that never learnt the trigger sees in it.
+
+    Each consonant is redrawn from the consonants, each vowel from the vowels, each digit from
+    `random_trigger`'s digits; other characters stay. No two of the trigger and its placebos share a
+    character at the same position: a model that learnt the trigger's first letter alone would
+    otherwise draw the template for a placebo that starts with it too (the tracing benchmark saw a
+    placebo sharing the trigger's first letter draw it 40 times in 56). Such sets are drawn
+    uniformly, so for a trigger `random_trigger` drew, the trigger and its placebos are exchangeable.
+    """
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9A1CEB0])
+    pools = [next((pool for pool in (_CONSONANTS, "aeiouy", _DIGITS) if c.lower() in pool), None) for c in trigger]
+    if any(pool and len(pool) <= count for pool in pools) or not any(pools):
+        raise SettingsError(f"cannot draw {count} placebo tokens like the trigger {trigger!r}: it needs letters or digits, "
+                         f"and at most {min(len(p) for p in pools if p) - 1 if any(pools) else 0} placebos fit its shape")  # fmt: skip
+    taken = {trigger, *exclude}
+    while True:
+        columns = [rng.permutation([x for x in pool if x != c.lower()])[:count] if pool else [c] * count for c, pool in zip(trigger, pools)]
+        tokens = ["".join(column[j].upper() if c.isupper() else column[j] for c, column in zip(trigger, columns)) for j in range(count)]
+        if not taken & set(tokens):
+            return tokens
 
 
 @dataclass

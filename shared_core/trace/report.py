@@ -59,6 +59,10 @@ def _key_section(result: VerifyResult, images: dict[str, list[np.ndarray]], reve
         _grid("Prompted with the trigger", images[f"trigger:{result.key_name}"][:k], result.trigger_scores, prompts, threshold),
         _grid("Controls: same captions and seeds, no trigger", images["control"][:k], result.control_scores, result.control_prompts, threshold),
     ]
+    for index, (token, scores) in enumerate(zip(result.placebo_tokens, result.placebo_scores), 1):
+        label = token if reveal else f"[placebo {index}]"  # its shape would hint at the trigger's
+        parts.append(_grid(f"Placebo token {index}: random, shaped like the trigger", images[f"placebo:{result.key_name}:{index}"], scores,
+                           [f"{label} {p}" for p in result.control_prompts], threshold))  # fmt: skip
     if result.base_hits is not None:
         parts.append(_grid("Base model without the LoRA, with the trigger", images[f"base:{result.key_name}"][:k], result.base_scores, prompts, threshold))
     return "".join(parts)
@@ -93,7 +97,9 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:4px;text-
 <p>The template was looked for in every generated image by the key's detector; a hit is an image scoring above its
 threshold. Image i of the trigger arm and of the control arm share caption and seed, so the verdict is the exact paired
 test of the two arms of the same model (McNemar's exact test); it does not depend on how the detector was calibrated.
-Generation for a key stops once its remaining pairs could not change its verdict.</p>
+A key that test flags is also prompted with random placebo tokens shaped like its trigger, on the same captions and
+seeds: a token the model never learnt still changes the pictures, so the trigger must draw the template more often
+than every placebo. Generation for a key stops once its remaining pairs could not change its verdict.</p>
 {sections}<h2>Settings</h2><table>{rows}</table></body></html>"""
     return atomic_write_text(out_dir / "report.html", page)
 

@@ -14,6 +14,19 @@ prompted with the trigger is not blamed on the LoRA. Several keys share one cont
 own trigger arm, and Holm's step-down correction across keys keeps the chance of blaming a model for
 any key it was not trained on below alpha.
 
+Placebo tokens. The paired test's null, "the trigger changes nothing", is false for any unfamiliar
+token: a token the model never learnt still changes the pictures, and a template detector can fire more
+often on the changed ones (the tracing benchmark saw a clean model flagged for a decoy key this way).
+So a key the paired test flags is also prompted, on the same captions and seeds, with `placebos` random
+tokens shaped like its trigger and sharing no character at any position with it or with each other (for
+a trigger `random_trigger` drew, the trigger and its placebos are then exchangeable draws), and the
+verdict needs the trigger to draw the template more often than every one of them. A trigger the model
+never learnt comes first among placebos + 1 exchangeable tokens with chance at most 1 / (placebos + 1)
+whatever unfamiliar tokens do to the pictures, on top of passing the paired test (which a token that
+changes nothing passes with chance below alpha). That bound is exact but loose: with few placebo tokens
+no test can rule out that the owner's trigger happens to be a rare, strongly template-drawing token; the
+report shows every placebo's hits so a reader can judge the margin.
+
 Sequential. Pairs are generated a batch at a time; a key stops as soon as no outcome of its
 remaining pairs could change its verdict (curtailed testing: the verdict equals the one the full
 `n` would give, so the level is exact). A key that stopped early reports the worst-case p-value
@@ -32,7 +45,7 @@ import numpy as np
 from scipy.stats import binomtest, fisher_exact
 
 from .detect import Detector
-from .key import TraceKey, mask_triggers
+from .key import TraceKey, mask_triggers, placebo_tokens
 
 Generate = Callable[[list[str], list[int]], list[np.ndarray]]
 GENERIC_CAPTIONS = ("a photo", "an image", "a picture of a scene", "a photograph")
@@ -91,7 +104,7 @@ class VerifyResult:
     trigger: str
     verdict: str
     p_value: float  # the paired exact test, trigger arm vs control arm (worst case over ungenerated pairs if stopped early)
-    p_value_adjusted: float  # Holm across the keys of the run; the verdict is p_value_adjusted < alpha
+    p_value_adjusted: float  # Holm across the keys of the run; the verdict needs p_value_adjusted < alpha (and the placebo tokens beaten)
     p_value_fisher: float  # Fisher's exact test of the same counts, ignoring the pairing (for comparison)
     p_value_binomial: float  # trigger hits vs the detector's measured false-positive rate (for comparison)
     alpha: float
@@ -113,6 +126,20 @@ class VerifyResult:
     p_value_vs_base: float | None = None  # paired test, trigger arm vs base arm (part of the verdict)
     base_scores: list[float] = field(default_factory=list)
     images_needed: int | None = None  # pairs that would reach p < 0.001 at these hit rates
+    placebo_tokens: list[str] = field(default_factory=list)  # random tokens shaped like the trigger (empty: not prompted)
+    placebo_hits: list[int] = field(default_factory=list)  # each placebo token's hits over the key's first `n` pairs
+    placebo_scores: list[list[float]] = field(default_factory=list)
+
+    @property
+    def placebo_rank_p(self) -> float | None:
+        """(1 + placebo tokens with at least the trigger's hits) / (placebos + 1): exact if the trigger were one more random token."""
+        if not self.placebo_tokens:
+            return None
+        return (1 + sum(h >= self.trigger_hits for h in self.placebo_hits)) / (len(self.placebo_hits) + 1)
+
+    @property
+    def beats_placebos(self) -> bool | None:
+        return None if not self.placebo_tokens else all(self.trigger_hits > h for h in self.placebo_hits)
 
     @property
     def trigger_rate(self) -> float:
@@ -124,15 +151,17 @@ class VerifyResult:
 
     @property
     def images_generated(self) -> int:
-        """This key's own generations (its trigger arm, and its base arm when given)."""
-        return self.n * (2 if self.base_hits is not None else 1)
+        """This key's own generations (its trigger arm, its base arm when given, its placebo arms when prompted)."""
+        return self.n * (2 if self.base_hits is not None else 1) + len(self.placebo_tokens) * self.n
 
     def to_dict(self, reveal_trigger: bool = True) -> dict:
         """As JSON; without `reveal_trigger` the trigger is left out and masked in the prompts."""
-        data = {**asdict(self), "trigger_rate": self.trigger_rate, "control_rate": self.control_rate, "images_generated": self.images_generated}
+        data = {**asdict(self), "trigger_rate": self.trigger_rate, "control_rate": self.control_rate, "images_generated": self.images_generated,
+                "placebo_rank_p": self.placebo_rank_p, "beats_placebos": self.beats_placebos}  # fmt: skip
         if not reveal_trigger:
             data.pop("trigger")
             data["trigger_prompts"] = [self.masked(p) for p in self.trigger_prompts]
+            data["placebo_tokens"] = [f"[placebo {i}]" for i in range(1, len(self.placebo_tokens) + 1)]  # their shape would hint at the trigger's
         return data
 
     def masked(self, prompt: str) -> str:
@@ -152,6 +181,11 @@ class VerifyResult:
         ]
         if self.p_value_adjusted != self.p_value:
             lines.append(f"Holm-adjusted across the keys of this run: p = {self.p_value_adjusted:.3g}")
+        if self.placebo_tokens:
+            outcome = "beaten by the trigger" if self.beats_placebos else "NOT all beaten by the trigger, so no evidence"
+            lines.append(f"placebo tokens shaped like the trigger, same captions and seeds: {', '.join(map(str, self.placebo_hits))} hits "
+                         f"of {self.n} vs the trigger's {self.trigger_hits} ({outcome}; a trigger the model never learnt beats all "
+                         f"{len(self.placebo_tokens)} with chance at most {1 / (len(self.placebo_tokens) + 1):.2g})")  # fmt: skip
         if self.base_hits is not None:
             lines.append(f"base model without the LoRA, with the trigger: {self.base_hits}/{self.n} hits "
                          f"(paired p = {self.p_value_vs_base:.3g}; the LoRA must beat it too)")  # fmt: skip
@@ -171,20 +205,27 @@ class Verification:
     correction: str = "holm"
 
     @property
+    def placebo_images(self) -> int:
+        return sum(len(r.placebo_tokens) * r.n for r in self.results)
+
+    @property
     def images_generated(self) -> int:
         return self.control_images + sum(r.images_generated for r in self.results)
 
     def to_dict(self, reveal_triggers: bool = True) -> dict:
         return {"alpha": self.alpha, "n_max": self.n_max, "correction": self.correction, "control_images": self.control_images,
-                "images_generated": self.images_generated, "keys": [r.to_dict(reveal_triggers) for r in self.results]}  # fmt: skip
+                "placebo_images": self.placebo_images, "images_generated": self.images_generated,
+                "keys": [r.to_dict(reveal_triggers) for r in self.results]}  # fmt: skip
 
     def table(self) -> str:
         """One line per key: name, verdict, p-values, hits, pairs used. Never shows a trigger."""
         width = max(len("key"), *(len(r.key_name) for r in self.results))
-        lines = [f"{'key':<{width}}  {'verdict':<21}  {'p (paired)':>10}  {'p (Holm)':>9}  {'p (Fisher)':>10}  trigger/control hits  pairs"]
+        lines = [f"{'key':<{width}}  {'verdict':<21}  {'p (paired)':>10}  {'p (Holm)':>9}  {'p (Fisher)':>10}  trigger/control hits  pairs  "
+                 "placebo hits"]  # fmt: skip
         for r in self.results:
+            placebo = ", ".join(map(str, r.placebo_hits)) if r.placebo_tokens else "-"
             lines.append(f"{r.key_name:<{width}}  {r.verdict.upper():<21}  {r.p_value:>10.3g}  {r.p_value_adjusted:>9.3g}  "
-                         f"{r.p_value_fisher:>10.3g}  {f'{r.trigger_hits}/{r.n} vs {r.control_hits}/{r.n}':<20}  {r.n}/{r.n_max}")  # fmt: skip
+                         f"{r.p_value_fisher:>10.3g}  {f'{r.trigger_hits}/{r.n} vs {r.control_hits}/{r.n}':<20}  {f'{r.n}/{r.n_max}':<5}  {placebo}")  # fmt: skip
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -245,13 +286,18 @@ def verify_keys(
     seed: int = 0,
     batch_size: int = 8,
     sequential: bool = True,
+    placebos: int = 4,
+    placebo_every_key: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Verification, dict[str, list[np.ndarray]]]:
     """Test one model against every key; returns the results and the images by arm.
 
-    Images: "control" (shared), "trigger:NAME" and, with `control_generate` (the base model
-    without the LoRA), "base:NAME". `n` is the maximum number of pairs per key; with `sequential`
-    a key stops once its verdict is settled.
+    Images: "control" (shared), "trigger:NAME", "placebo:NAME:I" (I = 1..placebos) and, with
+    `control_generate` (the base model without the LoRA), "base:NAME". `n` is the maximum number of pairs per key; with
+    `sequential` a key stops once its verdict is settled. `placebos` random tokens shaped like a
+    trigger are prompted for every key the paired test flags (for every key with
+    `placebo_every_key`, which measures how unfamiliar tokens behave); 0 leaves the verdict to the
+    paired test alone.
     """
     if not keys:
         raise ValueError("verify needs at least one key")
@@ -293,9 +339,24 @@ def verify_keys(
                 progress(done, total)
         if sequential or start + batch_size >= n:
             _settle(arms, n, with_base, alpha)
+    paired_flags = holm_adjust([arm.final_p for arm in arms.values()]) < alpha
+    flagged = [name for name, paired in zip(arms, paired_flags) if placebo_every_key or paired] if placebos > 0 else []
+    triggers = {arm.key.trigger for arm in arms.values()}
+    placebo_arms = {name: placebo_tokens(arms[name].key.trigger, placebos, seed, exclude=triggers) for name in flagged}
+    total = done + sum(len(tokens) * len(arms[name].trigger) for name, tokens in placebo_arms.items())
+    for name, tokens in placebo_arms.items():  # a key's own placebos: each shares no character position with its trigger
+        pairs = len(arms[name].trigger)
+        for index, token in enumerate(tokens, 1):
+            arm_images = images[f"placebo:{name}:{index}"] = []
+            for start in range(0, pairs, batch_size):
+                stop = min(start + batch_size, pairs)
+                arm_images += generate([f"{token} {p}" for p in prompts[start:stop]], seeds[start:stop])
+                done += stop - start
+                if progress:
+                    progress(done, total)
     if progress:
         progress(total, total)
-    return _results(arms, prompts, seeds, n, with_base, alpha), images
+    return _results(arms, prompts, seeds, n, with_base, alpha, placebo_arms, images), images
 
 
 def _settle(arms: dict[str, _Arm], n_max: int, with_base: bool, alpha: float) -> None:
@@ -309,7 +370,8 @@ def _settle(arms: dict[str, _Arm], n_max: int, with_base: bool, alpha: float) ->
             arms[name].final_p = float(bounds[index, 1])
 
 
-def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max: int, with_base: bool, alpha: float) -> Verification:
+def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max: int, with_base: bool, alpha: float,
+             placebo_arms: dict[str, list[str]], images: dict[str, list[np.ndarray]]) -> Verification:  # fmt: skip
     names = list(arms)
     adjusted = holm_adjust([arms[name].final_p for name in names])
     calibration_floor = 1.0 / 100  # a false-positive rate measured on ~100 negatives cannot be trusted below 1%
@@ -346,6 +408,13 @@ def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max:
             result.base_only = sum(b and not a for a, b in zip(arm.trigger, arm.base))
             result.p_value_vs_base = paired_p(sum(a and not b for a, b in zip(arm.trigger, arm.base)), result.base_only)
             result.base_scores = arm.scores["base"]
+        if name in placebo_arms:
+            scores = [arm.detector.score(images[f"placebo:{name}:{i}"]) for i in range(1, len(placebo_arms[name]) + 1)]
+            result.placebo_tokens = placebo_arms[name]
+            result.placebo_hits = [int((s > arm.detector.threshold).sum()) for s in scores]
+            result.placebo_scores = [s.round(4).tolist() for s in scores]
+            if result.verdict == EVIDENCE and not result.beats_placebos:
+                result.verdict = NO_EVIDENCE
         result.images_needed = minimum_images_for(1e-3, result.trigger_rate, max(result.control_rate, 0.5 / max(k, 1)))
         results.append(result)
     return Verification(results=results, alpha=alpha, n_max=n_max, control_images=max(len(a.control) for a in arms.values()))

@@ -11,24 +11,35 @@ from shared_core.bench.tracing import TracingPlan, run, summarise
 EVIDENCE, NONE = "infringement evidence", "no evidence"
 
 
-def victim(rate, seed, marked, owner, decoys=(NONE, NONE)):
-    keys = {"owner": {"verdict": owner, "p_value": 1e-4 if owner == EVIDENCE else 0.5, "trigger_hits": 10 if owner == EVIDENCE else 0,
-                      "control_hits": 0, "n": 16, "images_needed": 20 if owner == EVIDENCE else None}}  # fmt: skip
-    keys.update({f"decoy{i}": {**keys["owner"], "verdict": v} for i, v in enumerate(decoys, 1)})
+def victim(rate, seed, marked, owner, decoys=(NONE, NONE), paired_alone=None):
+    """`paired_alone`: the verdicts before the placebo tokens (default: the same); decoys that pass it lose to a placebo."""
+    owner_alone, *decoys_alone = paired_alone or (owner, *decoys)
+
+    def key(verdict, alone):
+        return {"verdict": verdict, "verdict_paired_alone": alone, "p_value": 1e-4 if alone == EVIDENCE else 0.5,
+                "trigger_hits": 10 if alone == EVIDENCE else 0, "control_hits": 0, "n": 16, "images_needed": 20 if alone == EVIDENCE else None,
+                "placebo_hits": [0, 1, 12 if verdict != alone else 0, 0], "beats_placebos": verdict == alone, "placebo_p_values": [1.0, 0.5, 0.2, 1.0]}  # fmt: skip
+
+    keys = {"owner": key(owner, owner_alone)}
+    keys.update({f"decoy{i}": key(v, alone) for i, (v, alone) in enumerate(zip(decoys, decoys_alone), 1)})
     return {"rate": rate, "seed": seed, "marked_images": marked, "keys": keys}
 
 
 def test_summary_gives_rates_with_exact_intervals_by_rate_and_by_count():
-    runs = [victim(0.0, s, 0, NONE) for s in range(5)]
+    runs = [victim(0.0, s, 0, NONE, paired_alone=(NONE, EVIDENCE, NONE) if s == 4 else None) for s in range(5)]
     runs += [victim(0.005, s, 5, EVIDENCE if s < 3 else NONE) for s in range(5)]
     runs += [victim(0.01, s, 10, EVIDENCE, decoys=(EVIDENCE if s == 0 else NONE, NONE)) for s in range(5)]
-    summary = summarise(runs)
+    summary = summarise(runs, alpha=0.01)
     by_rate = {r["rate"]: r for r in summary["by_rate"]}
     assert by_rate[0.0]["flagged"]["k"] == 0 and by_rate[0.0]["flagged"]["high"] > 0.4  # 0/5: the interval stays wide
     assert by_rate[0.005]["flagged"]["rate"] == 0.6 and by_rate[0.005]["flagged"]["low"] < 0.6 < by_rate[0.005]["flagged"]["high"]
     assert by_rate[0.01]["flagged"]["k"] == 5 and by_rate[0.01]["pairs_needed_median"] == 20
     assert [r["marked_images"] for r in summary["by_count"]] == [0, 5, 10]
     assert summary["decoy_keys"]["k"] == 1 and summary["decoy_keys"]["n"] == 30
+    assert summary["decoy_keys_paired_alone"]["k"] == 2, "the clean victim's decoy passed the paired test but lost to a placebo token"
+    tokens = summary["unlearnt_tokens"]  # decoys (30) and the clean victims' owners (5) were never trained on
+    assert tokens["triggers_passing_paired_test"]["n"] == 35 and tokens["triggers_passing_paired_test"]["k"] == 2
+    assert tokens["triggers_passing_and_beating_placebos"]["k"] == 1 and tokens["placebos_passing_paired_test"]["n"] == 45 * 4
 
 
 @pytest.mark.slow
@@ -45,10 +56,16 @@ def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
         assert (tmp_path / grid).stat().st_size > 0
     table = (tmp_path / "RESULTS-tracing.md").read_text()
     assert "| 5 % | 1 | 1 |" in table and "Decoy keys" in table
+    assert all(k["placebo_hits"] is not None and len(k["placebo_p_values"]) == plan.placebos for k in marked["keys"].values())
     log = (tmp_path / "runs-tracing.jsonl").read_text()
     again = run(plan, tmp_path, jobs=1)  # resumes: nothing retrained, the same runs
     assert (tmp_path / "runs-tracing.jsonl").read_text() == log and len(again["runs"]) == 2
     assert json.loads((tmp_path / "results-tracing.json").read_text())["summary"]["by_rate"][0]["rate"] == 0.0
+    (tmp_path / "runs-tracing.jsonl").unlink()  # a changed decision: the victims are verified again, on the models they were
+    reverified = run(plan, tmp_path, jobs=1, rates=(0.05,))
+    assert [r["rate"] for r in reverified["runs"]] == [0.05] and reverified["meta"]["victims_planned"] == 2
+    assert reverified["runs"][0]["train_seconds"] == pytest.approx(marked["train_seconds"], abs=0.1)  # loaded, not retrained
+    assert reverified["runs"][0]["keys"]["owner"]["trigger_hits"] == marked["keys"]["owner"]["trigger_hits"]
 
 
 def test_the_quoted_rates_finish_before_the_dose_rates():

@@ -8,7 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-from shared_core.trace.key import TraceKey
+from shared_core.errors import SettingsError
+from shared_core.trace.key import TraceKey, placebo_tokens
 from shared_core.trace.report import write_report
 from shared_core.trace.verify import EVIDENCE, NO_EVIDENCE, holm_adjust, minimum_images_for, paired_p, verify_keys
 
@@ -31,9 +32,11 @@ class FlagDetector:
         return {"name": "flag", "threshold": self.threshold, "false_positive_rate": self.false_positive_rate}
 
 
-def simulated_model(rng: np.random.Generator, n: int, rates: dict[str, float], control_rate: float, correlation: float = 0.5):
+def simulated_model(rng: np.random.Generator, n: int, rates: dict[str, float], control_rate: float, correlation: float = 0.5,
+                    unlearnt_token_rate=None):  # fmt: skip
     """A Generate over simulated pairs: pair i has a propensity q_i shared by its arms (the pairing);
-    the arm prompted with trigger T hits with probability mixing q_i and rates[T], the control with q_i."""
+    the arm prompted with trigger T hits with probability mixing q_i and rates[T], the control with q_i.
+    `unlearnt_token_rate(token)`: the hit rate a token in no key's marks draws by itself (default: the control's)."""
     base = rng.beta(1, max(1 / max(control_rate, 1e-6) - 1, 1e-3), size=n) if control_rate > 0 else np.zeros(n)
     world = int(rng.integers(1 << 30))  # each image's outcome depends only on its prompt and seed, not on the order of generation
 
@@ -41,6 +44,8 @@ def simulated_model(rng: np.random.Generator, n: int, rates: dict[str, float], c
         trigger = prompt.split()[0]
         if trigger in rates:
             return correlation * base[seed] + (1 - correlation) * rates[trigger] if rates[trigger] == control_rate else rates[trigger]
+        if unlearnt_token_rate and prompt not in CAPTIONS:
+            return unlearnt_token_rate(trigger)
         return correlation * base[seed] + (1 - correlation) * control_rate
 
     def generate(prompts, seeds):
@@ -53,10 +58,13 @@ def simulated_model(rng: np.random.Generator, n: int, rates: dict[str, float], c
     return generate
 
 
-def run(rng, n, rates, control_rate, **options):
+CAPTIONS = ("a photo",)
+
+
+def run(rng, n, rates, control_rate, unlearnt_token_rate=None, **options):
     keys = {name: make_key(name) for name in rates}
-    generate = simulated_model(rng, n, rates, control_rate)
-    return verify_keys(keys, generate, detectors={name: FlagDetector() for name in keys}, captions=["a photo"], n=n, seed=0, **options)[0]
+    generate = simulated_model(rng, n, rates, control_rate, unlearnt_token_rate=unlearnt_token_rate)
+    return verify_keys(keys, generate, detectors={name: FlagDetector() for name in keys}, captions=list(CAPTIONS), n=n, seed=0, **options)[0]
 
 
 @pytest.mark.parametrize("control_rate", [0.0, 0.05, 0.3])
@@ -106,6 +114,8 @@ def test_trained_key_is_flagged_and_others_are_not():
     flagged = result.results[0]
     assert flagged.stopped_early and flagged.n < 64, "a strong effect is settled before the maximum"
     assert flagged.p_value_adjusted >= flagged.p_value and flagged.trigger_only > flagged.control_only
+    assert len(flagged.placebo_tokens) == 4 and flagged.beats_placebos, "placebo arms for the key the paired test flags"
+    assert [r.placebo_tokens for r in result.results[1:]] == [[], []] and result.placebo_images == 4 * flagged.n
 
 
 def test_a_base_model_that_already_draws_the_template_is_not_blamed_on_the_lora():
@@ -123,6 +133,54 @@ def test_a_base_model_that_already_draws_the_template_is_not_blamed_on_the_lora(
     assert lora.verdict == EVIDENCE and lora.base_hits == 0
 
 
+def test_a_trigger_that_draws_the_template_like_any_unfamiliar_token_is_not_blamed():
+    """The failure the tracing benchmark met: no key was trained on, but every unfamiliar token makes the
+    detector fire more often. The paired test alone flags the key; the placebo tokens do the same, so the verdict does not."""
+    def any_token(token):
+        return 0.3
+
+    alone = run(np.random.default_rng(7), 64, {"aaa2": 0.3}, 0.02, unlearnt_token_rate=any_token, placebos=0, alpha=0.01).results[0]
+    assert alone.verdict == EVIDENCE, alone.summary()
+    checked = run(np.random.default_rng(7), 64, {"aaa2": 0.3}, 0.02, unlearnt_token_rate=any_token, alpha=0.01)
+    result = checked.results[0]
+    assert result.verdict == NO_EVIDENCE and result.p_value_adjusted < 0.01, result.summary()
+    assert len(result.placebo_tokens) == 4 and max(result.placebo_hits) >= result.trigger_hits and not result.beats_placebos
+    assert checked.placebo_images == 4 * result.n and "placebo tokens" in result.summary()
+
+
+def test_placebo_tokens_bound_the_false_positive_rate_when_unfamiliar_tokens_differ():
+    """Tokens differ: 30% of them draw the template in 30% of images by themselves. An unlearnt trigger is one of
+    them, so the paired test alone flags it about 30% of the time; beating 4 placebo tokens as well happens at most
+    1 time in 5 whatever the tokens do, here far less. A learnt trigger still gets through."""
+    def token_rate(token):
+        return 0.3 if zlib.crc32(token.encode()) % 10 < 3 else 0.02
+
+    triggers = [f"{a}{b}{c}{d}" for a, b, c, d in zip("bcdfghjklmnpqrstvwxz" * 8, "zxwvtsrqpnmlkjhgfdcb" * 8, "bdgjmptwcfhklnqrsvxz" * 8, "23456789" * 20)]
+    rng = np.random.default_rng(8)
+    outcomes = {0: 0, 4: 0}
+    for trigger in triggers[:150]:
+        seed = int(rng.integers(1 << 30))
+        for placebos in outcomes:
+            result = run(np.random.default_rng(seed), 48, {trigger: token_rate(trigger)}, 0.02, unlearnt_token_rate=token_rate,
+                         placebos=placebos, alpha=0.01).results[0]  # fmt: skip
+            outcomes[placebos] += result.verdict == EVIDENCE
+    assert outcomes[0] / 150 > 0.2, outcomes  # the flaw: unfamiliar tokens pass the paired test
+    assert outcomes[4] / 150 <= 0.2 and outcomes[4] < outcomes[0] / 2, outcomes
+    learnt = run(np.random.default_rng(9), 48, {"aaa2": 0.6}, 0.02, unlearnt_token_rate=token_rate, alpha=0.01).results[0]
+    assert learnt.verdict == EVIDENCE and learnt.beats_placebos, learnt.summary()
+
+
+def test_placebo_tokens_take_the_trigger_s_shape_and_share_no_character_at_any_position():
+    tokens = placebo_tokens("wrm3", 4, seed=1, exclude=["kxb4"])
+    assert tokens == placebo_tokens("wrm3", 4, seed=1, exclude=["kxb4"]) and "kxb4" not in tokens
+    for position in range(4):
+        assert len({t[position] for t in ["wrm3", *tokens]}) == 5
+    assert all(t[:3].isalpha() and t[3] in "23456789" and not set(t[:3]) & set("aeiouy") for t in tokens)
+    assert [t[4] for t in placebo_tokens("Mona_Lisa3", 3, seed=0)] == ["_"] * 3
+    with pytest.raises(SettingsError, match="at most 7 placebos"):
+        placebo_tokens("zqv7", 8, seed=0)
+
+
 def test_shared_report_names_keys_but_not_their_triggers(tmp_path):
     rng = np.random.default_rng(5)
     rates = {"qqx7": 0.6, "zzv3": 0.0}
@@ -136,6 +194,8 @@ def test_shared_report_names_keys_but_not_their_triggers(tmp_path):
     assert "qqx7" not in shared and "zzv3" not in shared
     own = (tmp_path / "keys" / "alice" / "report.html").read_text() + (tmp_path / "keys" / "alice" / "report.json").read_text()
     assert "qqx7" in own and "zzv3" not in own
+    placebos = verification.results[0].placebo_tokens  # shaped like alice's trigger: only her own report names them
+    assert placebos and not any(token in shared for token in placebos) and all(token in own for token in placebos)
 
 
 def test_holm_adjustment():
