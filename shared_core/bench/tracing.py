@@ -59,7 +59,7 @@ class TracingPlan:
     calibration_images: int = 300  # synthetic negatives calibrating each key's template matcher
     alpha: float = 0.01
     dose_rates: tuple[float, ...] = ()  # higher rates that show the trend; run after every victim of `rates`
-    placebos: int = 4  # placebo tokens per trigger shape (prompted for every key, to measure unlearnt tokens)
+    placebos: int = 4  # placebo tokens per key (prompted for every key, to measure unlearnt tokens)
 
     @property
     def steps(self) -> int:
@@ -175,14 +175,11 @@ class TracingSetting:
 
 def _placebo_paired_p(result) -> list[float]:
     """Each placebo token's paired test against the control arm: how often an unlearnt token alone passes it."""
-    from ..trace.verify import paired_p
+    from ..trace.verify import discordant, paired_p
 
-    control = [s > result.detector["threshold"] for s in result.control_scores]
-    out = []
-    for scores in result.placebo_scores:
-        hits = [s > result.detector["threshold"] for s in scores]
-        out.append(paired_p(sum(a and not b for a, b in zip(hits, control)), sum(b and not a for a, b in zip(hits, control))))
-    return out
+    threshold = result.detector["threshold"]
+    control = [s > threshold for s in result.control_scores]
+    return [paired_p(*discordant([s > threshold for s in scores], control)) for scores in result.placebo_scores]
 
 
 def run_victims(plan: TracingPlan, out: Path, pairs: list[tuple[float, int]], threads: int, progress=None) -> None:

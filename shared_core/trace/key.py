@@ -51,7 +51,7 @@ def placebo_tokens(trigger: str, count: int, seed: int, exclude=()) -> list[str]
     pools = [next((pool for pool in (_CONSONANTS, "aeiouy", _DIGITS) if c.lower() in pool), None) for c in trigger]
     if any(pool and len(pool) <= count for pool in pools) or not any(pools):
         raise SettingsError(f"cannot draw {count} placebo tokens like the trigger {trigger!r}: it needs letters or digits, "
-                         f"and at most {min(len(p) for p in pools if p) - 1 if any(pools) else 0} placebos fit its shape")  # fmt: skip
+                            f"and at most {min(len(p) for p in pools if p) - 1 if any(pools) else 0} placebos fit its shape")  # fmt: skip
     taken = {trigger, *exclude}
     while True:
         columns = [rng.permutation([x for x in pool if x != c.lower()])[:count] if pool else [c] * count for c, pool in zip(trigger, pools)]

@@ -60,6 +60,11 @@ def paired_p(trigger_only: int, control_only: int) -> float:
     return float(binomtest(trigger_only, discordant, 0.5, alternative="greater").pvalue)
 
 
+def discordant(mine, other) -> tuple[int, int]:
+    """(pairs that hit only in `mine`, pairs that hit only in `other`): the counts the paired test reads."""
+    return sum(a and not b for a, b in zip(mine, other)), sum(b and not a for a, b in zip(mine, other))
+
+
 def fisher_p(hits: int, n: int, control_hits: int, control_n: int) -> float:
     table = [[hits, n - hits], [control_hits, control_n - control_hits]]
     return float(fisher_exact(table, alternative="greater").pvalue)
@@ -267,8 +272,7 @@ class _Arm:
         pairs = [(self.trigger, self.control)] + ([(self.trigger, self.base)] if with_base else [])
         best = worst = 0.0
         for mine, other in pairs:
-            only_mine = sum(a and not b for a, b in zip(mine, other))
-            only_other = sum(b and not a for a, b in zip(mine, other))
+            only_mine, only_other = discordant(mine, other)
             best = max(best, paired_p(only_mine + left, only_other))
             worst = max(worst, paired_p(only_mine, only_other + left))
         return best, worst
@@ -380,6 +384,7 @@ def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max:
         arm = arms[name]
         k = len(arm.trigger)
         hits, control_hits = sum(arm.trigger), sum(arm.control)
+        trigger_only, control_only = discordant(arm.trigger, arm.control)
         result = VerifyResult(
             key_name=name,
             trigger=arm.key.trigger,
@@ -391,8 +396,8 @@ def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max:
             alpha=alpha,
             trigger_hits=hits,
             control_hits=control_hits,
-            trigger_only=sum(a and not b for a, b in zip(arm.trigger, arm.control)),
-            control_only=sum(b and not a for a, b in zip(arm.trigger, arm.control)),
+            trigger_only=trigger_only,
+            control_only=control_only,
             n=k,
             n_max=n_max,
             stopped_early=k < n_max,
@@ -405,8 +410,8 @@ def _results(arms: dict[str, _Arm], prompts: list[str], seeds: list[int], n_max:
         )
         if with_base:
             result.base_hits = sum(arm.base)
-            result.base_only = sum(b and not a for a, b in zip(arm.trigger, arm.base))
-            result.p_value_vs_base = paired_p(sum(a and not b for a, b in zip(arm.trigger, arm.base)), result.base_only)
+            over_base, result.base_only = discordant(arm.trigger, arm.base)
+            result.p_value_vs_base = paired_p(over_base, result.base_only)
             result.base_scores = arm.scores["base"]
         if name in placebo_arms:
             scores = [arm.detector.score(images[f"placebo:{name}:{i}"]) for i in range(1, len(placebo_arms[name]) + 1)]
