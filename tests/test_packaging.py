@@ -107,3 +107,17 @@ def test_install_pins_the_copy_import_sees_when_a_package_is_installed_twice(tmp
     assert [d.version for d in metadata.distributions(name="numpy")][-1] == "99.0"
     pins = [line for line in install.installed_constraints() if line.lower().startswith("numpy==")]
     assert pins == [f"numpy=={metadata.version('numpy')}"]
+
+
+def test_the_torchvision_fallback_notice_is_dropped_and_other_transformers_messages_kept():
+    import logging
+
+    import shared_core  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+
+    def passes(message: str) -> bool:
+        return bool(logger.filter(logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, (), None)))
+
+    assert not passes("`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
+    assert passes("Could not import module 'CLIPTextModel'")
