@@ -56,6 +56,8 @@ def test_usage_errors_exit_2(tmp_path, photo_folder, capsys):
     assert main(["protect", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 1
     assert "missing.png: cannot read file" in capsys.readouterr().err
     assert main(["protect", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "x.ckpt")]) == 2
+    assert main(["bench", "tracing", "--detectors", "matcher,cnn", "--out", str(tmp_path / "no-bench")]) == 2
+    assert "no victims of plan 'full'" in capsys.readouterr().err
 
 
 def test_methods_and_info(capsys):

@@ -31,16 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import SettingsError
 from ..files import atomic_write_text
 from ..surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
 from ..training import train_autoencoder, train_text_to_image
 from .artefact import provenance
 from .datasets import photo_crops
-from .efficacy import RunLog, read_runs, save_grid
+from .efficacy import RunLog, read_grid, read_runs, save_grid
 
 SETTING = "tracing"
 TRIGGERS = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8", "bjx2", "fnq5", "hcz3", "lmt6", "rvk9", "sdp4", "gwn8")
 DECOYS = 2  # other owners' keys checked on every victim (never trained on)
+GRID_COLUMNS = 8  # the kept generation grids: pair i is tile i of the control and the owner-trigger grid
+DETECTOR_VARIANTS = {
+    "matcher": "the frame matcher the runs used: threshold at 1 % of synthetic negatives",
+    "matcher-fpr5": "the same matcher, threshold at 5 % of synthetic negatives (more hits in both arms)",
+    "cnn": "the small CNN detector (`--detector cnn`, 300 steps on synthetic positives), threshold at 1 %",
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,34 @@ def run_id(rate: float, seed: int) -> str:
     return f"tracing/rate{rate:g}/seed{seed}"
 
 
+def victim_keys(rate: float, seed: int, dataset_size: int) -> dict:
+    """The owner's key (name "owner") and the decoys' ("decoy1", ...): distinct templates, colours and triggers."""
+    from ..trace.key import TraceKey
+    from ..trace.templates import builtin_template
+
+    names = ["owner"] + [f"decoy{i}" for i in range(1, DECOYS + 1)]
+    scenes = ["billboard", "tv_screen", "framed_picture"]
+    keys = {}
+    for index, name in enumerate(names):
+        template = builtin_template(scenes[index % len(scenes)], seed=seed * 7 + index)
+        trigger = TRIGGERS[(seed * (DECOYS + 1) + index) % len(TRIGGERS)]
+        keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=dataset_size)
+    return keys
+
+
+def variant_detector(variant: str, key, plan: TracingPlan):
+    """One of `DETECTOR_VARIANTS` for `key`, calibrated as the plan says."""
+    from ..trace.detect import CNNDetector, TemplateMatcher
+
+    if variant == "matcher":
+        return TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images)
+    if variant == "matcher-fpr5":
+        return TemplateMatcher.from_key(key, target_fpr=0.05, n_synthetic=plan.calibration_images)
+    if variant == "cnn":
+        return CNNDetector.train(key, n_calibration=plan.calibration_images)
+    raise SettingsError(f"unknown detector variant {variant!r}; choose from {', '.join(DETECTOR_VARIANTS)}")
+
+
 class TracingSetting:
     """The shared starting model and dataset; `victim(rate, seed)` marks, trains and verifies one victim."""
 
@@ -90,20 +125,6 @@ class TracingSetting:
         autoencoder_images, _, _ = photo_crops(min(plan.images, 400), plan.size, seed=1)
         self.base = tiny_sd_pipeline(replace(self.config, resolution=plan.size))
         train_autoencoder(self.base.vae, autoencoder_images, steps=plan.autoencoder_steps, batch_size=32, lr=2e-3)
-
-    def keys(self, rate: float, seed: int) -> dict:
-        """The owner's key (name "owner") and the decoys' ("decoy1", ...): distinct templates, colours and triggers."""
-        from ..trace.key import TraceKey
-        from ..trace.templates import builtin_template
-
-        names = ["owner"] + [f"decoy{i}" for i in range(1, DECOYS + 1)]
-        scenes = ["billboard", "tv_screen", "framed_picture"]
-        keys = {}
-        for index, name in enumerate(names):
-            template = builtin_template(scenes[index % len(scenes)], seed=seed * 7 + index)
-            trigger = TRIGGERS[(seed * (DECOYS + 1) + index) % len(TRIGGERS)]
-            keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=len(self.images))
-        return keys
 
     def _trained(self, pipeline, images: list[np.ndarray], captions: list[str], seed: int, saved: Path | None) -> float:
         """Train `pipeline` in place on the victim's data, or load the weights an earlier run saved to `saved`; the training seconds.
@@ -136,12 +157,11 @@ class TracingSetting:
         """Mark, train (or load from `models`) and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
         from diffusers import DDIMScheduler
 
-        from ..trace.detect import TemplateMatcher
         from ..trace.mark import mark_images
         from ..trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify_keys
 
         plan = self.plan
-        keys = self.keys(rate, seed)
+        keys = victim_keys(rate, seed, len(self.images))
         owner = keys["owner"]
         images, captions = list(self.images), list(self.captions)
         if rate > 0:
@@ -152,7 +172,7 @@ class TracingSetting:
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
         trained = time.perf_counter()
         generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.size, width=plan.size)
-        detectors = {name: TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images) for name, key in keys.items()}
+        detectors = {name: variant_detector("matcher", key, plan) for name, key in keys.items()}
         verification, arms = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed,
                                          placebos=plan.placebos, placebo_every_key=True)  # every key: how unlearnt tokens behave  # fmt: skip
         grids = {}
@@ -161,7 +181,7 @@ class TracingSetting:
             stem = run_id(rate, seed).replace("/", "-")
             for arm, label in (("control", "control"), ("trigger:owner", "trigger")):
                 path = generations / f"{stem}-{label}.png"
-                save_grid(arms[arm], path, columns=8, count=len(arms[arm]))
+                save_grid(arms[arm], path, columns=GRID_COLUMNS, count=len(arms[arm]))
                 grids[label] = str(path.relative_to(generations.parent))
         keys_out = {r.key_name: {"verdict": r.verdict, "verdict_paired_alone": EVIDENCE if r.p_value_adjusted < plan.alpha else NO_EVIDENCE,
                                  "p_value": r.p_value, "p_value_adjusted": r.p_value_adjusted, "p_value_fisher": r.p_value_fisher,
@@ -363,6 +383,73 @@ def print_victim(victim_id: str, run: dict) -> None:
           f"train {run['train_seconds']:.0f} s, verify {run['verify_seconds']:.0f} s", flush=True)  # fmt: skip
 
 
+def print_rescored(victim_id: str, scored: dict) -> None:
+    print(f"{victim_id}: " + ", ".join(f"{v} {d['trigger_hits']}/{d['control_hits']} (p = {d['p_value']:.3g})" for v, d in scored.items()), flush=True)
+
+
+def rescore(plan: TracingPlan, out: Path, variants: list[str], command: str = "", progress=None) -> dict:
+    """The owner key's paired test on every kept victim, once per detector variant, without retraining.
+
+    Only the control and owner-trigger generations are kept, so detectors are compared on the paired
+    test: flagged marked victims (TPR) and flagged clean victims (FPR: their owner key was never
+    trained on). A victim counts as flagged at p < alpha / 3, the Bonferroni bound over its three
+    keys (never looser than the runs' Holm correction); the placebo stage is not re-run. The
+    "matcher" variant must reproduce the run log's counts: a mismatch means the grids are not the
+    generations the victim was verified on, and stops the comparison.
+    """
+    from ..trace.verify import discordant, paired_p
+
+    unknown = [v for v in variants if v not in DETECTOR_VARIANTS]
+    if unknown or not variants:
+        raise SettingsError(f"unknown detector variant(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(DETECTOR_VARIANTS)}")
+    runs = read_runs(out / f"runs-{SETTING}.jsonl", plan)
+    if not runs:
+        raise SettingsError(f"{out / f'runs-{SETTING}.jsonl'}: no victims of plan {plan.name!r} to re-score; run the benchmark into {out} first")
+    victims = []
+    for run in runs:
+        grids, owner = run.get("generation_grids") or {}, run["keys"]["owner"]
+        if set(grids) != {"control", "trigger"} or not all((out / g).exists() for g in grids.values()):
+            raise SettingsError(f"{out}: victim {run['id']} has no kept generation grids; delete its line from the run log and rerun the benchmark")
+        arms = {arm: read_grid(out / grids[arm], plan.size, owner["n"], columns=GRID_COLUMNS) for arm in ("control", "trigger")}
+        key = victim_keys(run["rate"], run["seed"], plan.images)["owner"]
+        scored = {}
+        for variant in variants:
+            detector = variant_detector(variant, key, plan)
+            hits = {arm: [bool(s > detector.threshold) for s in detector.score(images)] for arm, images in arms.items()}
+            trigger_only, control_only = discordant(hits["trigger"], hits["control"])
+            scored[variant] = {"trigger_hits": sum(hits["trigger"]), "control_hits": sum(hits["control"]), "trigger_only": trigger_only,
+                               "control_only": control_only, "p_value": paired_p(trigger_only, control_only),
+                               "threshold": float(detector.threshold), "false_positive_rate": float(detector.false_positive_rate)}  # fmt: skip
+        logged = (owner["trigger_hits"], owner["control_hits"])
+        if "matcher" in scored and (scored["matcher"]["trigger_hits"], scored["matcher"]["control_hits"]) != logged:
+            raise SettingsError(f"{out}: victim {run['id']}: the kept grids score {scored['matcher']['trigger_hits']}/{scored['matcher']['control_hits']} "
+                                f"with the runs' matcher, the run log says {logged[0]}/{logged[1]}; the grids are not this victim's generations")  # fmt: skip
+        victims.append({"id": run["id"], "rate": run["rate"], "seed": run["seed"], "marked_images": run["marked_images"], "n": owner["n"], "detectors": scored})
+        if progress:
+            progress(run["id"], scored)
+    bound = plan.alpha / (DECOYS + 1)
+    summary = {variant: [{"rate": rate, "victims": len(members), "flagged": proportion(sum(m["detectors"][variant]["p_value"] < bound for m in members), len(members)),
+                          "trigger_hit_rate": float(np.mean([m["detectors"][variant]["trigger_hits"] / m["n"] for m in members])),
+                          "control_hit_rate": float(np.mean([m["detectors"][variant]["control_hits"] / m["n"] for m in members]))}
+                         for rate in sorted({v["rate"] for v in victims}) for members in [[v for v in victims if v["rate"] == rate]]]
+               for variant in variants}  # fmt: skip
+    results = {"meta": {**provenance(command, "cpu"), "plan": asdict(plan), "variants": {v: DETECTOR_VARIANTS[v] for v in variants}, "flagged_below": bound},
+               "summary": summary, "victims": victims}  # fmt: skip
+    atomic_write_text(out / "detectors-tracing.json", json.dumps(results, indent=1))
+    lines = ["# Tracing benchmark: detector variants on the kept generations", "", f"`{command}`", "",
+             (f"Each victim's owner key, paired test of its trigger arm against the control arm; flagged at p < {bound:.4g} "
+              f"(alpha {plan.alpha} over {DECOYS + 1} keys). The placebo stage is not re-run. Raw counts: `detectors-tracing.json`."), "",
+             "| detector | rate | victims | flagged [exact 95 % interval] | trigger / control hit rate | owner trigger hits per victim |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for variant in variants:
+        for row in summary[variant]:
+            hits = ", ".join(f"{v['detectors'][variant]['trigger_hits']}/{v['detectors'][variant]['control_hits']}" for v in victims if v["rate"] == row["rate"])
+            lines.append(f"| {variant} | {row['rate']:.1%} | {row['victims']} | {_interval(row['flagged'])} | "
+                         f"{row['trigger_hit_rate']:.2f} / {row['control_hit_rate']:.2f} | {hits} |")  # fmt: skip
+    lines += ["", *(f"- `{v}`: {DETECTOR_VARIANTS[v]}" for v in variants), ""]
+    atomic_write_text(out / "DETECTORS-tracing.md", "\n".join(lines))
+    return results
+
+
 def main(args) -> int:
     plan = QUICK if args.quick else FULL
     overrides = {field: getattr(args, field) for field in ("images", "victims", "epochs") if getattr(args, field, None)}
@@ -370,6 +457,11 @@ def main(args) -> int:
         plan = replace(plan, name=plan.name + "".join(f"-{k}{v}" for k, v in overrides.items()), **overrides)
     out = Path(args.out or f"bench-tracing-{plan.name}")
     command = "unlearnable bench tracing" + (" --quick" if args.quick else "") + "".join(f" --{k} {v}" for k, v in overrides.items())
+    if getattr(args, "detectors", None):
+        command += f" --detectors {args.detectors} --out {out}"
+        results = rescore(plan, out, [v.strip() for v in args.detectors.split(",") if v.strip()], command, progress=print_rescored)
+        print(f"wrote {out / 'DETECTORS-tracing.md'} and {out / 'detectors-tracing.json'} ({len(results['victims'])} victims)")
+        return 0
     rates = tuple(float(r) for r in args.rates.split(",")) if getattr(args, "rates", None) else None
     command += (f" --rates {args.rates}" if rates else "") + f" --jobs {args.jobs} --out {out}"
     results = run(plan, out, jobs=args.jobs, progress=print_victim, command=command, rates=rates)

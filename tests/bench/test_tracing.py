@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from shared_core.bench.tracing import TracingPlan, run, summarise
+from shared_core.bench.tracing import TracingPlan, rescore, run, summarise
 
 EVIDENCE, NONE = "infringement evidence", "no evidence"
 
@@ -57,6 +58,8 @@ def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
     table = (tmp_path / "RESULTS-tracing.md").read_text()
     assert "| 5 % | 1 | 1 |" in table and "Decoy keys" in table
     assert all(k["placebo_hits"] is not None and len(k["placebo_p_values"]) == plan.placebos for k in marked["keys"].values())
+    rescored = rescore(plan, tmp_path, ["matcher"])  # raises unless the kept grids re-score to the logged counts
+    assert [v["detectors"]["matcher"]["trigger_hits"] for v in rescored["victims"]] == [r["keys"]["owner"]["trigger_hits"] for r in results["runs"]]
     log = (tmp_path / "runs-tracing.jsonl").read_text()
     again = run(plan, tmp_path, jobs=1)  # resumes: nothing retrained, the same runs
     assert (tmp_path / "runs-tracing.jsonl").read_text() == log and len(again["runs"]) == 2
@@ -66,6 +69,62 @@ def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
     assert [r["rate"] for r in reverified["runs"]] == [0.05] and reverified["meta"]["victims_planned"] == 2
     assert reverified["runs"][0]["train_seconds"] == pytest.approx(marked["train_seconds"], abs=0.1)  # loaded, not retrained
     assert reverified["runs"][0]["keys"]["owner"]["trigger_hits"] == marked["keys"]["owner"]["trigger_hits"]
+
+
+def test_a_kept_grid_reads_back_exactly(tmp_path):
+    from shared_core.bench.efficacy import read_grid, save_grid
+
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(13)]
+    save_grid(tiles, tmp_path / "grid.png", columns=8, count=13)
+    assert all(np.array_equal(a, b) for a, b in zip(read_grid(tmp_path / "grid.png", 32, 13, columns=8), tiles, strict=True))
+    with pytest.raises(ValueError, match="grid.png"):
+        read_grid(tmp_path / "grid.png", 32, 17, columns=8)
+
+
+def kept_victim(tmp_path, plan, rate, seed, trigger_images, control_images, logged=None):
+    """A victim in the run log whose kept grids hold the given generations; `logged`: the counts the run log claims."""
+    from shared_core.bench import tracing
+    from shared_core.bench.efficacy import save_grid
+
+    stem = tracing.run_id(rate, seed).replace("/", "-")
+    grids = {}
+    for label, images in (("control", control_images), ("trigger", trigger_images)):
+        (tmp_path / "generations").mkdir(exist_ok=True)
+        save_grid(images, tmp_path / "generations" / f"{stem}-{label}.png", columns=tracing.GRID_COLUMNS, count=len(images))
+        grids[label] = f"generations/{stem}-{label}.png"
+    if logged is None:
+        key = tracing.victim_keys(rate, seed, plan.images)["owner"]
+        matcher = tracing.variant_detector("matcher", key, plan)
+        logged = tuple(int((matcher.score(images) > matcher.threshold).sum()) for images in (trigger_images, control_images))
+    run = victim(rate, seed, 1 if rate else 0, NONE)
+    run["keys"]["owner"].update(n=len(trigger_images), trigger_hits=logged[0], control_hits=logged[1])
+    tracing.RunLog(tmp_path, plan, tracing.SETTING).add(tracing.run_id(rate, seed), {**run, "generation_grids": grids})
+
+
+def test_detector_variants_are_compared_on_the_kept_generations_without_retraining(tmp_path):
+    """A victim whose trigger arm draws its owner's template is flagged by the re-scored matcher; a clean one is not."""
+    from shared_core.bench.datasets import photo_crops
+    from shared_core.bench.tracing import victim_keys
+    from shared_core.errors import SettingsError
+    from shared_core.trace.detect import synthetic_positives
+
+    plan = TracingPlan(name="test", images=40, rates=(0.0, 0.05), victims=1, epochs=1, calibration_images=60)
+    photos, _, _ = photo_crops(48, plan.size, seed=5)
+    owner = victim_keys(0.05, 0, plan.images)["owner"]
+    kept_victim(tmp_path, plan, 0.05, 0, synthetic_positives(owner.template(), 24, seed=3, size=plan.size), photos[:24])
+    kept_victim(tmp_path, plan, 0.0, 0, photos[24:], photos[:24])
+    results = rescore(plan, tmp_path, ["matcher", "matcher-fpr5"], command="test")
+    by_rate = {row["rate"]: row for row in results["summary"]["matcher"]}
+    assert by_rate[0.05]["flagged"]["k"] == 1 and by_rate[0.0]["flagged"]["k"] == 0
+    marked = next(v for v in results["victims"] if v["rate"] == 0.05)["detectors"]
+    assert marked["matcher-fpr5"]["threshold"] < marked["matcher"]["threshold"]
+    assert "| matcher | 5.0% | 1 |" in (tmp_path / "DETECTORS-tracing.md").read_text()
+    with pytest.raises(SettingsError, match="unknown detector"):
+        rescore(plan, tmp_path, ["template"])
+    kept_victim(tmp_path, plan, 0.05, 1, photos[24:], photos[:24], logged=(9, 0))  # grids that are not what the victim was verified on
+    with pytest.raises(SettingsError, match="not this victim's generations"):
+        rescore(plan, tmp_path, ["matcher"])
 
 
 def test_the_quoted_rates_finish_before_the_dose_rates():
