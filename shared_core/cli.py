@@ -615,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=None, help="tracing: training epochs per victim instead of the plan's")
     bench.add_argument("--detectors", default=None, metavar="LIST",
                        help="tracing: instead of training, re-score the victims kept in --out with these detector variants "
-                            "(comma-separated: matcher, matcher-fpr5, cnn) and compare them on the paired test")  # fmt: skip
+                            "(comma-separated: matcher, matcher-fpr5, cnn, cnn-fpr5) and compare them on the paired test")  # fmt: skip
     bench.add_argument("--model", default="builtin:tiny")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--batch-size", type=int, default=2)

@@ -47,6 +47,7 @@ DETECTOR_VARIANTS = {
     "matcher": "the frame matcher the runs used: threshold at 1 % of synthetic negatives",
     "matcher-fpr5": "the same matcher, threshold at 5 % of synthetic negatives (more hits in both arms)",
     "cnn": "the small CNN detector (`--detector cnn`, 300 steps on synthetic positives), threshold at 1 %",
+    "cnn-fpr5": "the same CNN, threshold at 5 %",
 }
 
 
@@ -109,8 +110,8 @@ def variant_detector(variant: str, key, plan: TracingPlan):
         return TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images)
     if variant == "matcher-fpr5":
         return TemplateMatcher.from_key(key, target_fpr=0.05, n_synthetic=plan.calibration_images)
-    if variant == "cnn":
-        return CNNDetector.train(key, n_calibration=plan.calibration_images)
+    if variant in ("cnn", "cnn-fpr5"):
+        return CNNDetector.train(key, n_calibration=plan.calibration_images, target_fpr=0.05 if variant == "cnn-fpr5" else 0.01)
     raise SettingsError(f"unknown detector variant {variant!r}; choose from {', '.join(DETECTOR_VARIANTS)}")
 
 
@@ -392,10 +393,11 @@ def rescore(plan: TracingPlan, out: Path, variants: list[str], command: str = ""
 
     Only the control and owner-trigger generations are kept, so detectors are compared on the paired
     test: flagged marked victims (TPR) and flagged clean victims (FPR: their owner key was never
-    trained on). A victim counts as flagged at p < alpha / 3, the Bonferroni bound over its three
-    keys (never looser than the runs' Holm correction); the placebo stage is not re-run. The
-    "matcher" variant must reproduce the run log's counts: a mismatch means the grids are not the
-    generations the victim was verified on, and stops the comparison.
+    trained on). The p-value counts the pairs the run did not generate (it stopped once settled)
+    against the trigger, as the verdict does; a victim counts as flagged at p < alpha / 3, the
+    Bonferroni bound over its three keys (never looser than the runs' Holm correction); the placebo
+    stage is not re-run. The "matcher" variant must reproduce the run log's counts: a mismatch means
+    the grids are not the generations the victim was verified on, and stops the comparison.
     """
     from ..trace.verify import discordant, paired_p
 
@@ -418,7 +420,7 @@ def rescore(plan: TracingPlan, out: Path, variants: list[str], command: str = ""
             hits = {arm: [bool(s > detector.threshold) for s in detector.score(images)] for arm, images in arms.items()}
             trigger_only, control_only = discordant(hits["trigger"], hits["control"])
             scored[variant] = {"trigger_hits": sum(hits["trigger"]), "control_hits": sum(hits["control"]), "trigger_only": trigger_only,
-                               "control_only": control_only, "p_value": paired_p(trigger_only, control_only),
+                               "control_only": control_only, "p_value": paired_p(trigger_only, control_only + plan.n - owner["n"]),
                                "threshold": float(detector.threshold), "false_positive_rate": float(detector.false_positive_rate)}  # fmt: skip
         logged = (owner["trigger_hits"], owner["control_hits"])
         if "matcher" in scored and (scored["matcher"]["trigger_hits"], scored["matcher"]["control_hits"]) != logged:

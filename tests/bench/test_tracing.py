@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_detector_variants_are_compared_on_the_kept_generations_without_retraini
     from shared_core.errors import SettingsError
     from shared_core.trace.detect import synthetic_positives
 
-    plan = TracingPlan(name="test", images=40, rates=(0.0, 0.05), victims=1, epochs=1, calibration_images=60)
+    plan = TracingPlan(name="test", images=40, rates=(0.0, 0.05), victims=1, epochs=1, n=24, calibration_images=60)
     photos, _, _ = photo_crops(48, plan.size, seed=5)
     owner = victim_keys(0.05, 0, plan.images)["owner"]
     kept_victim(tmp_path, plan, 0.05, 0, synthetic_positives(owner.template(), 24, seed=3, size=plan.size), photos[:24])
@@ -120,6 +121,8 @@ def test_detector_variants_are_compared_on_the_kept_generations_without_retraini
     marked = next(v for v in results["victims"] if v["rate"] == 0.05)["detectors"]
     assert marked["matcher-fpr5"]["threshold"] < marked["matcher"]["threshold"]
     assert "| matcher | 5.0% | 1 |" in (tmp_path / "DETECTORS-tracing.md").read_text()
+    longer = rescore(replace(plan, n=64), tmp_path, ["matcher"])  # the run stopped at 24 of 64 pairs: the other 40 count against the trigger
+    assert next(v for v in longer["victims"] if v["rate"] == 0.05)["detectors"]["matcher"]["p_value"] > marked["matcher"]["p_value"]
     with pytest.raises(SettingsError, match="unknown detector"):
         rescore(plan, tmp_path, ["template"])
     kept_victim(tmp_path, plan, 0.05, 1, photos[24:], photos[:24], logged=(9, 0))  # grids that are not what the victim was verified on
