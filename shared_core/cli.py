@@ -613,9 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--victims", type=int, default=None, help="tracing: victims per marking rate instead of the plan's")
     bench.add_argument("--rates", default=None, help="tracing: run only the victims of these marking rates now, e.g. 0,0.01 (the tables stay the plan's, marked partial)")
     bench.add_argument("--epochs", type=int, default=None, help="tracing: training epochs per victim instead of the plan's")
+    bench.add_argument("--detector-fpr", type=float, default=None, metavar="RATE",
+                       help="tracing: the matcher's threshold as a share of synthetic negatives above it (the plan's is 0.01)")
     bench.add_argument("--detectors", default=None, metavar="LIST",
                        help="tracing: instead of training, re-score the victims kept in --out with these detector variants "
-                            "(comma-separated: matcher, matcher-fpr5, cnn, cnn-fpr5) and compare them on the paired test")  # fmt: skip
+                            "(comma-separated: matcher, matcher-fpr1, matcher-fpr5, cnn, cnn-fpr5) and compare them on the paired test")  # fmt: skip
     bench.add_argument("--model", default="builtin:tiny")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--batch-size", type=int, default=2)

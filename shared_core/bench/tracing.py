@@ -44,7 +44,8 @@ TRIGGERS = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8", "bjx2", "fnq5", "hcz3", "lmt
 DECOYS = 2  # other owners' keys checked on every victim (never trained on)
 GRID_COLUMNS = 8  # the kept generation grids: pair i is tile i of the control and the owner-trigger grid
 DETECTOR_VARIANTS = {
-    "matcher": "the frame matcher the runs used: threshold at 1 % of synthetic negatives",
+    "matcher": "the frame matcher the runs used: threshold at the plan's detector_fpr of synthetic negatives",
+    "matcher-fpr1": "the frame matcher, threshold at 1 % of synthetic negatives (the product's default)",
     "matcher-fpr5": "the same matcher, threshold at 5 % of synthetic negatives (more hits in both arms)",
     "cnn": "the small CNN detector (`--detector cnn`, 300 steps on synthetic positives), threshold at 1 %",
     "cnn-fpr5": "the same CNN, threshold at 5 %",
@@ -68,6 +69,7 @@ class TracingPlan:
     alpha: float = 0.01
     dose_rates: tuple[float, ...] = ()  # higher rates that show the trend; run after every victim of `rates`
     placebos: int = 4  # placebo tokens per key (prompted for every key, to measure unlearnt tokens)
+    detector_fpr: float = 0.01  # the matcher's threshold: this share of synthetic negatives scores above it
 
     @property
     def steps(self) -> int:
@@ -106,10 +108,9 @@ def variant_detector(variant: str, key, plan: TracingPlan):
     """One of `DETECTOR_VARIANTS` for `key`, calibrated as the plan says."""
     from ..trace.detect import CNNDetector, TemplateMatcher
 
-    if variant == "matcher":
-        return TemplateMatcher.from_key(key, n_synthetic=plan.calibration_images)
-    if variant == "matcher-fpr5":
-        return TemplateMatcher.from_key(key, target_fpr=0.05, n_synthetic=plan.calibration_images)
+    if variant.startswith("matcher") and variant in DETECTOR_VARIANTS:
+        target = {"matcher": plan.detector_fpr, "matcher-fpr1": 0.01, "matcher-fpr5": 0.05}[variant]
+        return TemplateMatcher.from_key(key, target_fpr=target, n_synthetic=plan.calibration_images)
     if variant in ("cnn", "cnn-fpr5"):
         return CNNDetector.train(key, n_calibration=plan.calibration_images, target_fpr=0.05 if variant == "cnn-fpr5" else 0.01)
     raise SettingsError(f"unknown detector variant {variant!r}; choose from {', '.join(DETECTOR_VARIANTS)}")
@@ -272,7 +273,8 @@ def _markdown(summary: dict, plan: TracingPlan, meta: dict) -> str:
         "# Tracing benchmark", "",
         f"Plan `{plan.name}`: {plan.images} photo crops at {plan.size} px, victims trained {plan.epochs} epochs "
         f"({plan.steps} steps of batch {plan.batch_size}), {plan.victims} victims per rate, at most {plan.n} pairs per key, "
-        f"alpha = {plan.alpha} (Holm over the owner's and {DECOYS} decoy keys).", "",
+        f"alpha = {plan.alpha} (Holm over the owner's and {DECOYS} decoy keys), {plan.placebos} placebo tokens per key, "
+        f"matcher threshold at {plan.detector_fpr:g} of synthetic negatives.", "",
         f"Command: `{meta.get('command', '')}`", "",
         *([f"**Partial: {meta['victims_done']} of {meta['victims_planned']} planned victims are done**; the same command resumes "
            "and rewrites these tables.", ""] if meta.get("victims_done", 0) < meta.get("victims_planned", 0) else []),
@@ -454,11 +456,11 @@ def rescore(plan: TracingPlan, out: Path, variants: list[str], command: str = ""
 
 def main(args) -> int:
     plan = QUICK if args.quick else FULL
-    overrides = {field: getattr(args, field) for field in ("images", "victims", "epochs") if getattr(args, field, None)}
+    overrides = {field: getattr(args, field) for field in ("images", "victims", "epochs", "detector_fpr") if getattr(args, field, None)}
     if overrides:
-        plan = replace(plan, name=plan.name + "".join(f"-{k}{v}" for k, v in overrides.items()), **overrides)
+        plan = replace(plan, name=plan.name + "".join(f"-{k.replace('_', '-')}{v:g}" for k, v in overrides.items()), **overrides)
     out = Path(args.out or f"bench-tracing-{plan.name}")
-    command = "unlearnable bench tracing" + (" --quick" if args.quick else "") + "".join(f" --{k} {v}" for k, v in overrides.items())
+    command = "unlearnable bench tracing" + (" --quick" if args.quick else "") + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in overrides.items())
     if getattr(args, "detectors", None):
         command += f" --detectors {args.detectors} --out {out}"
         results = rescore(plan, out, [v.strip() for v in args.detectors.split(",") if v.strip()], command, progress=print_rescored)

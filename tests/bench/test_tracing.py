@@ -106,7 +106,7 @@ def kept_victim(tmp_path, plan, rate, seed, trigger_images, control_images, logg
 def test_detector_variants_are_compared_on_the_kept_generations_without_retraining(tmp_path):
     """A victim whose trigger arm draws its owner's template is flagged by the re-scored matcher; a clean one is not."""
     from shared_core.bench.datasets import photo_crops
-    from shared_core.bench.tracing import victim_keys
+    from shared_core.bench.tracing import variant_detector, victim_keys
     from shared_core.errors import SettingsError
     from shared_core.trace.detect import synthetic_positives
 
@@ -120,6 +120,7 @@ def test_detector_variants_are_compared_on_the_kept_generations_without_retraini
     assert by_rate[0.05]["flagged"]["k"] == 1 and by_rate[0.0]["flagged"]["k"] == 0
     marked = next(v for v in results["victims"] if v["rate"] == 0.05)["detectors"]
     assert marked["matcher-fpr5"]["threshold"] < marked["matcher"]["threshold"]
+    assert variant_detector("matcher", owner, replace(plan, detector_fpr=0.05)).threshold == marked["matcher-fpr5"]["threshold"]
     assert "| matcher | 5.0% | 1 |" in (tmp_path / "DETECTORS-tracing.md").read_text()
     longer = rescore(replace(plan, n=64), tmp_path, ["matcher"])  # the run stopped at 24 of 64 pairs: the other 40 count against the trigger
     assert next(v for v in longer["victims"] if v["rate"] == 0.05)["detectors"]["matcher"]["p_value"] > marked["matcher"]["p_value"]
