@@ -45,10 +45,10 @@ DECOYS = 2  # other owners' keys checked on every victim (never trained on)
 GRID_COLUMNS = 8  # the kept generation grids: pair i is tile i of the control and the owner-trigger grid
 DETECTOR_VARIANTS = {
     "matcher": "the frame matcher the runs used: threshold at the plan's detector_fpr of synthetic negatives",
-    "matcher-fpr1": "the frame matcher, threshold at 1 % of synthetic negatives (the product's default)",
-    "matcher-fpr5": "the same matcher, threshold at 5 % of synthetic negatives (more hits in both arms)",
+    "matcher-fpr1": "the frame matcher, threshold at 1 % of synthetic negatives (the product's default until this comparison)",
+    "matcher-fpr5": "the same matcher, threshold at 5 % of synthetic negatives (the product's default now)",
     "cnn": "the small CNN detector (`--detector cnn`, 300 steps on synthetic positives), threshold at 1 %",
-    "cnn-fpr5": "the same CNN, threshold at 5 %",
+    "cnn-fpr5": "the same CNN, threshold at 5 % (the product's default now)",
 }
 
 
@@ -69,7 +69,8 @@ class TracingPlan:
     alpha: float = 0.01
     dose_rates: tuple[float, ...] = ()  # higher rates that show the trend; run after every victim of `rates`
     placebos: int = 4  # placebo tokens per key (prompted for every key, to measure unlearnt tokens)
-    detector_fpr: float = 0.01  # the matcher's threshold: this share of synthetic negatives scores above it
+    detector_fpr: float = 0.01  # the matcher's threshold (share of synthetic negatives above it); the committed runs used 0.01,
+    # the product now ships trace.detect.TARGET_FPR (0.05), measured with --detector-fpr 0.05
 
     @property
     def steps(self) -> int:
@@ -112,7 +113,7 @@ def variant_detector(variant: str, key, plan: TracingPlan):
         target = {"matcher": plan.detector_fpr, "matcher-fpr1": 0.01, "matcher-fpr5": 0.05}[variant]
         return TemplateMatcher.from_key(key, target_fpr=target, n_synthetic=plan.calibration_images)
     if variant in ("cnn", "cnn-fpr5"):
-        return CNNDetector.train(key, n_calibration=plan.calibration_images, target_fpr=0.05 if variant == "cnn-fpr5" else 0.01)
+        return CNNDetector.train(key, n_calibration=plan.calibration_images, target_fpr={"cnn": 0.01, "cnn-fpr5": 0.05}[variant])
     raise SettingsError(f"unknown detector variant {variant!r}; choose from {', '.join(DETECTOR_VARIANTS)}")
 
 
@@ -443,7 +444,7 @@ def rescore(plan: TracingPlan, out: Path, variants: list[str], command: str = ""
     lines = ["# Tracing benchmark: detector variants on the kept generations", "", f"`{command}`", "",
              (f"Each victim's owner key, paired test of its trigger arm against the control arm; flagged at p < {bound:.4g} "
               f"(alpha {plan.alpha} over {DECOYS + 1} keys). The placebo stage is not re-run. Raw counts: `detectors-tracing.json`."), "",
-             "| detector | rate | victims | flagged [exact 95 % interval] | trigger / control hit rate | owner trigger hits per victim |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "| detector | rate | victims | flagged [exact 95 % interval] | trigger / control hit rate | trigger / control hits per victim |", "|---|---|---|---|---|---|"]  # fmt: skip
     for variant in variants:
         for row in summary[variant]:
             hits = ", ".join(f"{v['detectors'][variant]['trigger_hits']}/{v['detectors'][variant]['control_hits']}" for v in victims if v["rate"] == row["rate"])
