@@ -35,8 +35,9 @@ CALIBRATION_PHOTOS = ("astronaut.png", "chelsea.png", "rocket.jpg", "camera.png"
 
 # Share of synthetic negatives a detector's threshold lets through. The verdict compares the model
 # with itself (paired arms, placebo tokens), so this sets sensitivity, not the verdict's error rate:
-# in the tracing benchmark 1 % missed a victim that drew its owner's template in 41 of 56 images,
-# and 5 % caught every 1 % victim with no more keys wrongly flagged (benchmarks/README.md).
+# in the tracing benchmark 1 % missed a victim whose trigger images passed at 5 % 41 times in 56
+# (its controls never), and 5 % caught every 1 % victim with no more keys wrongly flagged
+# (benchmarks/README.md, "Detector threshold").
 TARGET_FPR = 0.05
 
 Progress = Callable[[int, int], None] | None
