@@ -504,7 +504,8 @@ def save_grid(samples: list[np.ndarray], path: Path, columns: int = 10, count: i
 
 def read_grid(path: Path, tile: int, count: int, columns: int = 10) -> list[np.ndarray]:
     """The first `count` square tiles of `tile` px back from a grid `save_grid` wrote (exact: the grid is lossless)."""
-    grid = np.asarray(Image.open(path).convert("RGB"))[:: max(1, 64 // tile), :: max(1, 64 // tile)]
+    scale = max(1, 64 // tile)  # save_grid's enlargement
+    grid = np.asarray(Image.open(path).convert("RGB"))[::scale, ::scale]
     rows = (grid.shape[0] - 1) // (tile + 1)
     if (grid.shape[1] - 1) // (tile + 1) != columns or count > rows * columns:
         raise ValueError(f"{path}: not a grid of {count} tiles of {tile} px in {columns} columns ({grid.shape[1]}x{grid.shape[0]} px)")

@@ -50,6 +50,7 @@ DETECTOR_VARIANTS = {
     "cnn": "the small CNN detector (`--detector cnn`, 300 steps on synthetic positives), threshold at 1 %",
     "cnn-fpr5": "the same CNN, threshold at 5 % (the product's default now)",
 }
+VARIANT_TARGET_FPR = {"matcher": None, "matcher-fpr1": 0.01, "matcher-fpr5": 0.05, "cnn": 0.01, "cnn-fpr5": 0.05}  # None: the plan's
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,12 @@ def variant_detector(variant: str, key, plan: TracingPlan):
     """One of `DETECTOR_VARIANTS` for `key`, calibrated as the plan says."""
     from ..trace.detect import CNNDetector, TemplateMatcher
 
-    if variant.startswith("matcher") and variant in DETECTOR_VARIANTS:
-        target = {"matcher": plan.detector_fpr, "matcher-fpr1": 0.01, "matcher-fpr5": 0.05}[variant]
-        return TemplateMatcher.from_key(key, target_fpr=target, n_synthetic=plan.calibration_images)
-    if variant in ("cnn", "cnn-fpr5"):
-        return CNNDetector.train(key, n_calibration=plan.calibration_images, target_fpr={"cnn": 0.01, "cnn-fpr5": 0.05}[variant])
-    raise SettingsError(f"unknown detector variant {variant!r}; choose from {', '.join(DETECTOR_VARIANTS)}")
+    if variant not in VARIANT_TARGET_FPR:
+        raise SettingsError(f"unknown detector variant {variant!r}; choose from {', '.join(DETECTOR_VARIANTS)}")
+    target = VARIANT_TARGET_FPR[variant] or plan.detector_fpr
+    if variant.startswith("cnn"):
+        return CNNDetector.train(key, n_calibration=plan.calibration_images, target_fpr=target)
+    return TemplateMatcher.from_key(key, target_fpr=target, n_synthetic=plan.calibration_images)
 
 
 class TracingSetting:
