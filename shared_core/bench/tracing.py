@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -118,6 +119,14 @@ def variant_detector(variant: str, key, plan: TracingPlan):
     return TemplateMatcher.from_key(key, target_fpr=target, n_synthetic=plan.calibration_images)
 
 
+class Victim(NamedTuple):
+    pipeline: object  # the trained StableDiffusionPipeline
+    keys: dict  # "owner" and the decoys' TraceKeys
+    images: list[np.ndarray]  # the dataset it trained on, marked images in place
+    marked: list[int]  # their positions
+    train_seconds: float
+
+
 class TracingSetting:
     """The shared starting model and dataset; `victim(rate, seed)` marks, trains and verifies one victim."""
 
@@ -157,28 +166,41 @@ class TracingSetting:
             saved.with_suffix(".tmp").replace(saved)
         return seconds
 
-    def victim(self, rate: float, seed: int, generations: Path | None = None, models: Path | None = None) -> dict:
-        """Mark, train (or load from `models`) and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
+    def trained(self, rate: float, seed: int, models: Path | None = None) -> Victim:
+        """Mark the dataset and train (or load from `models`) one victim; its pipeline samples with DDIM, as verification does."""
         from diffusers import DDIMScheduler
 
         from ..trace.mark import mark_images
-        from ..trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify_keys
 
-        plan = self.plan
         keys = victim_keys(rate, seed, len(self.images))
         owner = keys["owner"]
-        images, captions = list(self.images), list(self.captions)
+        images, captions, chosen = list(self.images), list(self.captions), []
         if rate > 0:
             images, captions, chosen = mark_images(images, captions, owner.template(), owner.trigger, rate=rate, seed=seed)
             owner.marked = [{"caption": captions[i]} for i in chosen]
         pipeline = copy.deepcopy(self.base)
         train_seconds = self._trained(pipeline, images, captions, seed, models / f"{run_id(rate, seed).replace('/', '-')}.safetensors" if models else None)
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-        trained = time.perf_counter()
+        return Victim(pipeline, keys, images, list(chosen), train_seconds)
+
+    def verify(self, pipeline, keys: dict, seed: int) -> tuple:
+        """The benchmark's multi-key verification of one victim: (Verification, images by arm)."""
+        from ..trace.verify import diffusers_generator, verify_keys
+
+        plan = self.plan
         generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.size, width=plan.size)
         detectors = {name: variant_detector("matcher", key, plan) for name, key in keys.items()}
-        verification, arms = verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed,
-                                         placebos=plan.placebos, placebo_every_key=True)  # every key: how unlearnt tokens behave  # fmt: skip
+        return verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed,
+                           placebos=plan.placebos, placebo_every_key=True)  # every key: how unlearnt tokens behave  # fmt: skip
+
+    def victim(self, rate: float, seed: int, generations: Path | None = None, models: Path | None = None) -> dict:
+        """Mark, train (or load from `models`) and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
+        from ..trace.verify import EVIDENCE, NO_EVIDENCE
+
+        plan = self.plan
+        victim = self.trained(rate, seed, models)
+        trained = time.perf_counter()
+        verification, arms = self.verify(victim.pipeline, victim.keys, seed)
         grids = {}
         if generations:  # pair i is image i of both grids: what a detector variant can be re-scored on without retraining
             generations.mkdir(parents=True, exist_ok=True)
@@ -192,9 +214,9 @@ class TracingSetting:
                                  "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed,
                                  "placebo_hits": r.placebo_hits, "beats_placebos": r.beats_placebos, "placebo_p_values": _placebo_paired_p(r)}
                     for r in verification.results}  # fmt: skip
-        return {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(owner.marked), "dataset_images": len(images),
+        return {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(victim.marked), "dataset_images": len(victim.images),
                 "epochs": plan.epochs, "train_steps": plan.steps, "keys": keys_out, "images_generated": verification.images_generated,
-                "train_seconds": train_seconds, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
+                "train_seconds": victim.train_seconds, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
 
 
 def _placebo_paired_p(result) -> list[float]:

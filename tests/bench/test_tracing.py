@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +74,16 @@ def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
     assert [r["rate"] for r in reverified["runs"]] == [0.05] and reverified["meta"]["victims_planned"] == 2
     assert reverified["runs"][0]["train_seconds"] == pytest.approx(marked["train_seconds"], abs=0.1)  # loaded, not retrained
     assert reverified["runs"][0]["keys"]["owner"]["trigger_hits"] == marked["keys"]["owner"]["trigger_hits"]
+    # benchmarks/tracing_key_check.py: the same key verified again from the kept victim, each generation's nearest training image
+    stem = tmp_path / "check" / "rate0.05-owner"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tracing_key_check.py"
+    subprocess.run([sys.executable, str(script), "--folder", str(tmp_path), "--rate", "0.05", "--seed", "0", "--key", "owner",
+                    "--threads", str(os.cpu_count() or 1), "--out", str(stem)], check=True, capture_output=True, text=True)  # fmt: skip
+    check = json.loads((stem.parent / "rate0.05-owner.json").read_text())
+    logged = check["logged_in_run"]
+    assert (check["trigger_hits"], check["control_hits"], check["n"]) == (logged["trigger_hits"], logged["control_hits"], logged["n"])
+    assert sum(check["nearest_training_image"]["trigger"].values()) == check["n"] and (stem.parent / "rate0.05-owner.png").stat().st_size > 0
+    assert check["training_images_matcher_scores"]["marked"]["images"] == 1 and check["command"].startswith("python benchmarks/tracing_key_check.py")
 
 
 def test_a_kept_grid_reads_back_exactly(tmp_path):
