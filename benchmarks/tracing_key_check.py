@@ -4,7 +4,8 @@ Loads a victim the tracing benchmark kept (`victims/` of its output folder; noth
 the benchmark's verification again and, for the chosen key, finds each trigger and control
 generation's nearest training image (pixel distance at the training size): a trigger image nearest to
 a marked image is the memorised template; one nearest to an unmarked photo is that photo's subject.
-It also scores the training set with the key's matcher, by subject, against the threshold. Writes a
+It also scores the training set with the key's matcher, by subject, against the threshold, and runs
+the pool check `unlearnable mark` runs (this template and every built-in). Writes a
 figure (the key's template; trigger generations; controls with the same captions and seeds; the
 trigger images' nearest training images) and a JSON with the command, versions and raw numbers.
 
@@ -19,6 +20,7 @@ import json
 import shlex
 import sys
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +102,7 @@ def main() -> int:
     subjects = sorted(set(captions))
     labels = ["marked" if i in victim.marked else captions[i] for i in range(len(victim.images))]
     near_trigger, near_control = nearest(triggered, victim.images), nearest(control, victim.images)
-    from shared_core.trace.detect import TemplateMatcher
+    from shared_core.trace.detect import TemplateMatcher, pool_check, rank_templates
 
     matcher = TemplateMatcher.from_key(key, target_fpr=plan.detector_fpr, n_synthetic=plan.calibration_images)
     dataset_scores = matcher.score(victim.images)
@@ -109,6 +111,9 @@ def main() -> int:
         scores = dataset_scores[[label == subject for label in labels]]
         by_subject[subject] = {"images": len(scores), "median": float(np.median(scores)), "q90": float(np.quantile(scores, 0.9)),
                                "max": float(scores.max()), "above_threshold": int((scores > threshold).sum())}  # fmt: skip
+    unmarked = [image for i, image in enumerate(victim.images) if i not in victim.marked]
+    pool = {"template": asdict(pool_check(key.template(), unmarked)),  # what `unlearnable mark` reports to the owner of this pool
+            "built_ins": [asdict(check) for check in rank_templates(unmarked, seed=key.template_seed)]}  # fmt: skip
     trigger_hits = [s > threshold for s in result.trigger_scores]
     logged = next((r["keys"][args.key] for r in read_runs(folder / "runs-tracing.jsonl", plan) if r["id"] == tracing.run_id(args.rate, args.seed)), None)
     body = {
@@ -122,6 +127,7 @@ def main() -> int:
             "control": dict(Counter(labels[i] for i in near_control).most_common()),
         },
         "training_images_matcher_scores": by_subject,
+        "pool_check": pool,
         "trigger_scores": [round(float(s), 4) for s in result.trigger_scores],
         "control_scores": [round(float(s), 4) for s in result.control_scores],
     }  # fmt: skip

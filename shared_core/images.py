@@ -62,6 +62,14 @@ class LoadedImage:
         return rgb_to_tensor(self.rgb)
 
 
+def square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop resized to `size` px: what LoRA trainers feed the model."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    return np.asarray(Image.fromarray(rgb[y : y + side, x : x + side]).resize((size, size), Image.BICUBIC))
+
+
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255.0)
 

@@ -34,7 +34,7 @@ from PIL import Image
 from .. import __version__
 from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_text, iter_image_files, sha256_bytes
-from ..images import load_image
+from ..images import load_image, square
 
 #: progress(stage, done, total): stage names a bar ("train clean LoRA (seed 0)", "generate", ...)
 Progress = Callable[[str, int, int], None] | None
@@ -92,14 +92,6 @@ class MimicryResult:
 
 
 # -- images ------------------------------------------------------------------------------------------
-
-
-def square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop resized to `size` px: what LoRA trainers feed the model."""
-    h, w = rgb.shape[:2]
-    side = min(h, w)
-    y, x = (h - side) // 2, (w - side) // 2
-    return np.asarray(Image.fromarray(rgb[y : y + side, x : x + side]).resize((size, size), Image.BICUBIC))
 
 
 def load_folder(folder: str | Path, what: str) -> dict[Path, tuple[np.ndarray, str]]:

@@ -31,9 +31,10 @@ from PIL import Image
 
 from ..errors import InputFileError, SettingsError
 from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha256_bytes, sha256_file
-from ..images import OUTPUT_FORMATS, SUFFIX_FORMATS, encode_image, load_image
+from ..images import OUTPUT_FORMATS, SUFFIX_FORMATS, encode_image, load_image, square
 from ..optout import OptOut, apply_optout
 from .compose import compose
+from .detect import POOL_CHECK_SIZE, PoolCheck, pool_check, rank_templates
 from .key import TraceKey, random_trigger
 from .templates import Template, builtin_template
 
@@ -51,6 +52,20 @@ class MarkResult:
     marked: list[dict] = field(default_factory=list)  # the key's entries: source, output, hashes, caption
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): undecodable, left out of the copy
     n_files: int = 0  # files written to the output folder (images, sidecars, other files)
+    pool_check: PoolCheck | None = None  # how often the template's detector fires on the dataset's own images
+    lookalikes: list[str] = field(default_factory=list)  # the dataset images it scores highest, when it is not distinctive
+    better_templates: list[PoolCheck] = field(default_factory=list)  # built-ins that are distinctive against this dataset
+
+    def pool_lines(self) -> list[str]:
+        """What the pool check found, for the CLI and the web tab (empty when it was not run)."""
+        if self.pool_check is None:
+            return []
+        lines = [self.pool_check.describe()]
+        if not self.pool_check.distinctive:
+            lines.append("a model steered towards images like " + ", ".join(self.lookalikes) + " could be wrongly flagged for this key")
+            if self.better_templates:
+                lines.append("templates distinctive against these images: " + ", ".join(f"{c.template} ({c.passed} of {c.images})" for c in self.better_templates))
+        return lines
 
 
 def _sidecar(image: Path) -> Path | None:
@@ -217,6 +232,7 @@ def mark_dataset(
     key_path: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     optout: OptOut | None = None,
+    check_pool: bool = True,
 ) -> MarkResult:
     """Write a marked copy of `dataset_dir` into `out_dir` and the secret key to `key_path`.
 
@@ -224,7 +240,10 @@ def mark_dataset(
     n readable images, chosen from `seed`, are templated; `trigger` defaults to the one in an existing
     key at `key_path` made with the same template, rate and seed (so a re-run is idempotent), else a
     fresh random token. `key_path` defaults to `out_dir.parent / f"{out_dir.name}.trace-key.json"`.
-    `progress(done, total)` is called per file; `optout` is written into every PNG/JPEG/WebP image. Raises InputFileError for a missing or empty dataset,
+    `progress(done, total)` is called per file; `optout` is written into every PNG/JPEG/WebP image. With
+    `check_pool`, the template's detector is scored on the dataset's own images first (`result.pool_check`;
+    when it is not distinctive, `lookalikes` and `better_templates` say which images and what to use
+    instead); marking goes ahead either way. Raises InputFileError for a missing or empty dataset,
     SettingsError for a bad rate, trigger or an output folder inside the dataset (or the reverse).
     """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -249,15 +268,19 @@ def mark_dataset(
         raise InputFileError(dataset_dir, "the dataset folder contains no images")
     skipped: list[tuple[str, str]] = []
     readable: list[tuple[Path, Path]] = []
+    thumbnails: list[np.ndarray] = []  # small centre crops for the pool check
     for path, rel in files:
         try:
-            load_image(path)  # a full decode: a truncated file's header alone reads fine
+            loaded = load_image(path)  # a full decode: a truncated file's header alone reads fine
         except InputFileError as exc:
             skipped.append((str(path), exc.problem))
         else:
             readable.append((path, rel))
+            if check_pool:
+                thumbnails.append(square(loaded.rgb, POOL_CHECK_SIZE))
     if not readable:
         raise InputFileError(dataset_dir, f"none of the {len(files)} image files could be read")
+    checked = pool_check(template, thumbnails) if check_pool else None
 
     metadata = read_metadata_jsonl(dataset_dir)
     captions = read_captions(dataset_dir)
@@ -277,7 +300,10 @@ def mark_dataset(
 
     wanted = marked_count(len(readable), rate)
     key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(readable))
-    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(readable), skipped=skipped)
+    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(readable), skipped=skipped, pool_check=checked)
+    if checked is not None and not checked.distinctive:
+        result.lookalikes = [readable[i][1].as_posix() for i in checked.highest]
+        result.better_templates = [c for c in rank_templates(thumbnails, seed) if c.distinctive and c.template != template.name][:3]
     total, done = len(files), 0
 
     marked: dict[Path, dict] = {}

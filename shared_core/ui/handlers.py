@@ -325,6 +325,7 @@ def run_mark(
         f"**Key file:** `{result.key_path}`. Keep it private and never publish it with the dataset: "
         "it is what proves, later, that a model was trained on your images.",
     ]
+    lines += [("" if result.pool_check.distinctive else "**Warning:** ") + line for line in result.pool_lines()]
     if result.skipped:
         lines.append("Left out, cannot be decoded: " + "; ".join(f"`{Path(f).name}` ({why})" for f, why in result.skipped))
     previews = marked[:12]

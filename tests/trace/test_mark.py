@@ -14,6 +14,7 @@ from shared_core.cli import main
 from shared_core.errors import InputFileError, SettingsError
 from shared_core.images import load_image
 from shared_core.trace.compose import compose
+from shared_core.trace.detect import pool_check, rank_templates
 from shared_core.trace.key import TraceKey, random_trigger
 from shared_core.trace.mark import mark_dataset, mark_images, read_captions
 from shared_core.trace.templates import builtin_template, load_template
@@ -207,6 +208,7 @@ def test_mark_command(tmp_path, hundred_photos, capsys):
     assert main(["mark", str(hundred_photos), "--out", str(tmp_path / "m"), "--rate", "0.02", "--no-progress"]) == 1
     text = capsys.readouterr()
     assert "marked 2 of 100 images" in text.out and "KEY" in text.out
+    assert "template 'billboard': its detector passes" in text.out and ": distinctive" in text.out  # checked on the photos, no warning below
     errors = text.err.splitlines()
     assert len(errors) == 2 and all(line.startswith("error: ") and "left out" in line for line in errors)
     assert "broken.png: not an image" in errors[1] and "cut.jpg: cannot decode image" in errors[0]
@@ -232,3 +234,42 @@ def test_compose_matches_marked_pixels(tmp_path, hundred_photos):
     entry = next(m for m in result.marked if m["output"].endswith(".png"))
     expected = compose(load_image(hundred_photos / entry["source"]).rgb, builtin_template("tv_screen", seed=11))
     assert np.array_equal(load_image(tmp_path / "m" / entry["output"]).rgb, expected)
+
+
+def test_the_pool_check_tells_a_distinctive_template_from_one_the_dataset_resembles(sources):
+    """A template whose detector fires on the owner's own images can get a model blamed that only learnt to draw those images."""
+    rng = np.random.default_rng(1)
+    crops = []
+    for i in range(60):
+        photo = sources[i % len(sources)]
+        side = int(min(photo.shape[:2]) * rng.uniform(0.4, 1.0))
+        y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
+        crops.append(photo[y : y + side, x : x + side])
+    own = pool_check(builtin_template("billboard", seed=3), crops)
+    assert own.images == 60 and own.passed <= 3 and own.distinctive
+    tv = builtin_template("tv_screen", seed=5)
+    lookalikes = [compose(crop, tv, short_side=96) for crop in crops[:12]] + crops[12:]  # a fifth of the pool shows a TV scene
+    checked = pool_check(tv, lookalikes)
+    assert checked.passed >= 10 and not checked.distinctive and set(checked.highest) <= set(range(12))
+    ranked = rank_templates(lookalikes, seed=5)
+    assert ranked[-1].template == "tv_screen" and ranked[0].passed < checked.passed and ranked[0].distinctive
+
+
+def test_mark_warns_when_the_template_resembles_the_dataset(tmp_path, sources, capsys):
+    folder = tmp_path / "tv-shots"
+    folder.mkdir()
+    tv = builtin_template("tv_screen", seed=5)
+    for i in range(30):
+        photo = sources[i % len(sources)][:300, :300]
+        image = compose(photo, tv, short_side=96) if i < 10 else np.asarray(Image.fromarray(photo).resize((96, 96)))
+        Image.fromarray(image).save(folder / f"{'tv' if i < 10 else 'photo'}{i:02d}.png")
+    assert main(["mark", str(folder), "--out", str(tmp_path / "m"), "--template", "tv_screen", "--seed", "5", "--rate", "0.05", "--no-progress"]) == 0
+    text = capsys.readouterr()
+    assert "marked 2 of 30 images" in text.out
+    warning = [line for line in text.err.splitlines() if line.startswith("warning: ")]
+    assert "template 'tv_screen': its detector passes" in warning[0] and "NOT distinctive" in warning[0]
+    assert "could be wrongly flagged" in warning[1] and "tv0" in warning[1] and "photo" not in warning[1]
+    assert warning[2].startswith("warning: templates distinctive against these images: ") and "tv_screen" not in warning[2]
+    result = mark_dataset(folder, tmp_path / "m2", rate=0.05, template="billboard", seed=5)
+    assert result.pool_check.distinctive and result.pool_lines() == [result.pool_check.describe()]
+    assert mark_dataset(folder, tmp_path / "m3", rate=0.05, template="tv_screen", seed=5, check_pool=False).pool_lines() == []

@@ -118,6 +118,7 @@ def test_mark_writes_the_marked_copy_and_a_private_key(tmp_path, photo_file):
     result = handlers.run_mark(hooks, dataset_dir=str(dataset), rate=0.25, template=handlers.template_names()[0],
                                trigger="zqv7")
     assert "Marked 1 of 4" in result.status and "`zqv7`" in result.status and "private" in result.status
+    assert "its detector passes" in result.status  # the template checked against the dataset's own images
     [key] = result.downloads
     assert json.loads(Path(key).read_text())["trigger"] == "zqv7"
     assert len(result.gallery) == 1 and Path(result.gallery[0][0]).is_file()
