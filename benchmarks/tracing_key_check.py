@@ -32,6 +32,7 @@ from shared_core.bench import tracing
 from shared_core.bench.artefact import write_artefact
 from shared_core.bench.efficacy import read_runs
 from shared_core.errors import SettingsError
+from shared_core.trace.detect import rank_templates
 
 SHOWN = 16  # generations per row pair in the figure
 
@@ -102,18 +103,16 @@ def main() -> int:
     subjects = sorted(set(captions))
     labels = ["marked" if i in victim.marked else captions[i] for i in range(len(victim.images))]
     near_trigger, near_control = nearest(triggered, victim.images), nearest(control, victim.images)
-    from shared_core.trace.detect import TemplateMatcher, pool_check, rank_templates
-
-    matcher = TemplateMatcher.from_key(key, target_fpr=plan.detector_fpr, n_synthetic=plan.calibration_images)
-    dataset_scores = matcher.score(victim.images)
+    dataset_scores = tracing.variant_detector("matcher", key, plan).score(victim.images)  # the detector the verification used
     by_subject = {}
     for subject in subjects + (["marked"] if victim.marked else []):
         scores = dataset_scores[[label == subject for label in labels]]
         by_subject[subject] = {"images": len(scores), "median": float(np.median(scores)), "q90": float(np.quantile(scores, 0.9)),
                                "max": float(scores.max()), "above_threshold": int((scores > threshold).sum())}  # fmt: skip
     unmarked = [image for i, image in enumerate(victim.images) if i not in victim.marked]
-    pool = {"template": asdict(pool_check(key.template(), unmarked)),  # what `unlearnable mark` reports to the owner of this pool
-            "built_ins": [asdict(check) for check in rank_templates(unmarked, seed=key.template_seed)]}  # fmt: skip
+    ranked = rank_templates(unmarked, seed=key.template_seed)  # every built-in at the key's template seed, the key's own among them
+    pool = {"template": asdict(next(check for check in ranked if check.template == key.template().name)),  # what `unlearnable mark` reports
+            "built_ins": [asdict(check) for check in ranked]}  # fmt: skip
     trigger_hits = [s > threshold for s in result.trigger_scores]
     logged = next((r["keys"][args.key] for r in read_runs(folder / "runs-tracing.jsonl", plan) if r["id"] == tracing.run_id(args.rate, args.seed)), None)
     body = {

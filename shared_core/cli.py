@@ -267,8 +267,10 @@ def cmd_mark(args) -> int:
     for path, reason in result.skipped:
         print(f"error: {path}: {reason} (left out of the marked copy)", file=sys.stderr)
     print(f"marked {len(result.marked)} of {result.n_images} images with template {template.name!r} and trigger {result.key.trigger!r}")
-    for line in result.pool_lines():
-        print(("" if result.pool_check.distinctive else "warning: ") + line, file=sys.stdout if result.pool_check.distinctive else sys.stderr)
+    if result.pool_check is not None:
+        stream, prefix = (sys.stdout, "") if result.pool_check.distinctive else (sys.stderr, "warning: ")
+        for line in result.pool_lines():
+            print(prefix + line, file=stream)
     for entry in result.marked:
         print(f"  {entry['output']}: {entry['caption']}")
     print(f"dataset written to {result.out_dir}")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from ..errors import InputFileError, SettingsError
+from ..images import square
 from .compose import compose
 from .key import TraceKey
 from .templates import Template, builtin_template, list_templates
@@ -593,8 +594,6 @@ def pool_check(template: Template, images: list[np.ndarray], target_fpr: float =
     """Score the owner's images (uint8 HxWx3, any size; centre-cropped square) with the template's matcher."""
     if not images:
         raise SettingsError("the pool check needs at least one image")
-    from ..images import square
-
     matcher = TemplateMatcher.from_template(template, target_fpr=target_fpr)
     scores = matcher.score([square(_rgb(image), POOL_CHECK_SIZE) for image in images])
     order = np.argsort(-scores)[:show]
