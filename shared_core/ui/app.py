@@ -300,7 +300,7 @@ def _mimicry_section(hooks: UIHooks) -> None:
         run_check,
         inputs=[model, model_path, clean, protected, method, prompt, lora_steps, lr, n, resolution, seeds, budget, protect_steps],
         outputs=[status, gallery, report],
-        api_name="check_protection",
+        api_name=_api_name(hooks, "check_protection"),
     )
     cancel.click(lambda: hooks.interrupt(), inputs=None, outputs=None, queue=False)
 

@@ -508,14 +508,18 @@ def run_check_protection(
 
     from ..mimicry import MimicrySettings, check_protection, protect_for_check, write_mimicry_report
 
-    model = (model or "").strip()
+    model = model_source(hooks, model)
     if not model:
         raise SettingsError("choose the model the LoRAs are trained on")
-    clean = Path((clean_folder or "").strip()).expanduser()
-    if not clean_folder or not clean.is_dir():
+    clean_text = (clean_folder or "").strip()
+    clean = hooks.readable(Path(clean_text).expanduser(), "clean images folder") if clean_text else None
+    if clean is None or not clean.is_dir():
         raise SettingsError(f"clean images folder not found: {clean_folder!r}")
-    if not method and not (protected_folder or "").strip():
-        raise SettingsError("give the folder of protected copies, or choose a method to protect the clean folder first")
+    given_protected = None  # with a method, the protected copies are made in the run folder instead
+    if not method:
+        if not (protected_folder or "").strip():
+            raise SettingsError("give the folder of protected copies, or choose a method to protect the clean folder first")
+        given_protected = hooks.readable(Path(protected_folder.strip()).expanduser(), "protected folder")
     settings = MimicrySettings(prompt=prompt or MimicrySettings.prompt, lora_steps=int(lora_steps), lr=float(lr), resolution=int(resolution or 0) or None,
                                n=int(n), seeds=tuple(int(s) for s in str(seeds).replace(" ", "").split(",") if s) or (0,))  # fmt: skip
 
@@ -527,7 +531,7 @@ def run_check_protection(
         if pipeline is None:
             raise SettingsError(f"{model}: the mimicry test trains LoRAs on a diffusers model; give a diffusers folder or .safetensors path")
         out_dir = new_run_dir(hooks, "mimicry")
-        protected = Path(protected_folder.strip()).expanduser() if not method else None
+        protected = given_protected
         if method:
             protected = protect_for_check(surrogate, clean, out_dir, method=method, budget=float(budget), steps=int(protect_steps), prompt=settings.prompt,
                                           progress_factory=_step_progress(hooks, progress, "tile-steps"))  # fmt: skip

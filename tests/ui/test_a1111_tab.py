@@ -50,7 +50,7 @@ def test_tab_buttons_are_api_endpoints_only_when_the_webui_has_api(webui):
 
     assert "/protect" in named()
     webui.shared.cmd_opts.api = False
-    assert not {"/protect", "/mark", "/verify", "/inspect_lora"} & named()
+    assert not {"/protect", "/mark", "/verify", "/check_protection", "/inspect_lora"} & named()
 
 
 def test_cancel_uses_the_hosts_interrupt(webui, stubs, tmp_path, photo_file):

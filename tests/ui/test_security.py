@@ -3,7 +3,14 @@ no remote access without a log-in, keys private and outputs readable."""
 
 from __future__ import annotations
 
+import inspect
+import itertools
+import os
+import shutil
 import stat
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,8 @@ from PIL import Image
 from shared_core.errors import SettingsError, UnlearnableError
 from shared_core.ui import handlers
 from shared_core.ui.hooks import StandaloneHooks
+
+from .conftest import require_gradio
 
 
 @pytest.fixture
@@ -67,6 +76,22 @@ def test_typed_model_lora_and_key_paths_must_be_allowed(place):
     for path in escapes(allowed, outside, "secret.txt"):
         with pytest.raises(SettingsError, match="key file .* outside the folders"):
             handlers.run_verify(hooks, key_path=path, model="builtin:tiny")
+
+
+def test_mimicry_test_reads_only_allowed_folders_and_models(place):
+    """Refused before the test protects or trains anything: no run folder, so no report."""
+    hooks, allowed, outside = place
+    dataset = str(allowed / "dataset")
+    small = {"lora_steps": 1, "n": 1, "resolution": 32, "protect_steps": 1}  # the old code ran the whole test outside
+    for path in escapes(allowed, outside, ""):
+        with pytest.raises(SettingsError, match="clean images folder .* outside the folders this app may read .*--allow-dir"):
+            handlers.run_check_protection(hooks, model="builtin:tiny", clean_folder=path, method="advdm", **small)
+        with pytest.raises(SettingsError, match="protected folder .* outside the folders this app may read .*--allow-dir"):
+            handlers.run_check_protection(hooks, model="builtin:tiny", clean_folder=dataset, protected_folder=path, **small)
+    for path in escapes(allowed, outside, "model.safetensors"):
+        with pytest.raises(SettingsError, match="model .* outside the folders this app may read .*--allow-dir"):
+            handlers.run_check_protection(hooks, model=path, clean_folder=dataset, protected_folder=dataset, **small)
+    assert not (hooks.resolve_outputs_dir() / "mimicry").exists()
 
 
 def test_mark_reads_allowed_datasets_and_writes_only_under_the_outputs(place):
@@ -130,6 +155,139 @@ def test_path_taking_buttons_are_api_endpoints_only_with_api(tmp_path):
         info = blocks.get_api_info()
         return {name for name, endpoint in info["named_endpoints"].items() if endpoint.get("api_visibility", "public") == "public"}
 
-    buttons = {"/protect", "/mark", "/verify", "/inspect_lora"}
+    buttons = {"/protect", "/mark", "/verify", "/check_protection", "/inspect_lora"}
     assert not buttons & named(False)
     assert buttons <= named(True)
+
+
+_touched: list[str] | None = None  # real paths seen while `touches()` records
+_unwatched = threading.local()  # on while a path is judged or resolved, which is no touch of its own
+_audit_hook_added = False
+
+
+def _note(*args) -> None:
+    if _touched is None or getattr(_unwatched, "on", False):
+        return
+    _unwatched.on = True  # realpath stats the path again
+    try:
+        _touched.extend(os.fsdecode(os.path.realpath(arg)) for arg in args if isinstance(arg, (str, bytes, os.PathLike)))
+    finally:
+        _unwatched.on = False
+
+
+def _note_file_event(event: str, args: tuple) -> None:
+    if event == "open" or event.split(".")[0] in ("os", "shutil", "glob", "pathlib"):
+        _note(*args)
+
+
+def _watched(stat):
+    def call(path, *args, **kwargs):
+        _note(path)
+        return stat(path, *args, **kwargs)
+
+    return call
+
+
+def _unwatched_call(method):
+    def call(*args, **kwargs):
+        _unwatched.on = True
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _unwatched.on = False
+
+    return call
+
+
+@pytest.fixture
+def touches(monkeypatch):
+    """`with touches() as paths:` collects the real paths that code opens, lists, writes, moves or stats inside it.
+
+    Opening, listing and writing raise audit events (from C code too); stat raises none, so os.stat and os.lstat are
+    wrapped. An audit hook cannot be removed: one is added per process and does nothing outside a recording.
+    """
+    global _audit_hook_added
+    if not _audit_hook_added:
+        sys.addaudithook(_note_file_event)
+        _audit_hook_added = True
+    monkeypatch.setattr(os, "stat", _watched(os.stat))
+    monkeypatch.setattr(os, "lstat", _watched(os.lstat))
+
+    @contextmanager
+    def recording():
+        global _touched
+        _touched = paths = []
+        try:
+            yield paths
+        finally:
+            _touched = None
+
+    return recording
+
+
+REFUSALS = ("outside the folders this app may read", "outside the outputs folder")
+
+
+def text_input_events(blocks) -> list:
+    """The built Blocks' event functions that take at least one text box, with their input components."""
+    import gradio as gr
+
+    fns = blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns  # a dict in newer gradio
+    return [(f.fn, list(f.inputs)) for f in fns if any(isinstance(c, gr.Textbox) for c in f.inputs)]
+
+
+def outcome_of(fn, values: list) -> str:
+    """What the user sees: the returned values, or the error's message."""
+    extra = {"progress": lambda *a, **k: None} if "progress" in inspect.signature(fn).parameters else {}
+    try:
+        return repr(fn(*values, **extra))
+    except Exception as exc:  # gr.Error or whatever a handler lets through: either is fine if nothing outside was touched
+        return str(getattr(exc, "message", exc))
+
+
+def test_detector_sees_reads_listings_and_stats(place, touches):
+    """The handler walk below passes only if nothing was seen: the detector must see each way of touching."""
+    _, _, outside = place
+    with touches() as paths:
+        (outside / "secret.txt").read_text()
+        (outside / "private.png").exists()
+        list(outside.iterdir())
+    assert {str(outside.resolve() / "secret.txt"), str(outside.resolve() / "private.png"), str(outside.resolve())} <= set(paths)
+
+
+def test_every_text_box_of_every_handler_stays_inside_the_allowed_folders(place, touches):
+    """Walks the built UI, not a list: a handler added later that uses a typed path unguarded fails here.
+
+    Each text box of each event function gets each escape (of a folder and of a file), the other inputs their
+    defaults; a second pass also fills the other empty text boxes with an allowed folder, so that a handler that wants
+    several paths gets past its first check. Each call must refuse the path by name, or neither touch the outside
+    folder (open, list, write, even stat it) nor show the secret file's content.
+    """
+    gr = require_gradio()
+    from shared_core.ui.app import build_ui
+
+    hooks, allowed, outside = place
+    fill = hooks.resolve_outputs_dir() / "dataset"  # both readable and writable
+    shutil.copytree(allowed / "dataset", fill)
+    hooks.readable, hooks.writable = _unwatched_call(hooks.readable), _unwatched_call(hooks.writable)  # judging resolves the path
+    outside_before = {path: path.read_bytes() if path.is_file() else None for path in outside.rglob("*")}
+    escape_paths = escapes(allowed, outside, "") + escapes(allowed, outside, "secret.txt")
+    walked = set()
+    for fn, inputs in text_input_events(build_ui(hooks)):
+        walked.add(fn.__name__)
+        boxes = [index for index, component in enumerate(inputs) if isinstance(component, gr.Textbox)]
+        for index, filled, path in itertools.product(boxes, (False, True), escape_paths):
+            values = [component.value for component in inputs]
+            if filled:
+                values = [str(fill) if i in boxes and not value else value for i, value in enumerate(values)]
+            values[index] = path
+            with touches() as paths:
+                outcome = outcome_of(fn, values)
+            where = f"{fn.__name__}({inputs[index].elem_id}={path}, others {'filled' if filled else 'default'}): {outcome[:300]}"
+            refused = path in outcome and any(refusal in outcome for refusal in REFUSALS)
+            touched_outside = [p for p in paths if Path(p).is_relative_to(outside.resolve())]
+            assert refused or not touched_outside, f"{where}\ntouched {touched_outside[:5]}"
+            assert "hunter2" not in outcome, where
+    assert {"protect", "mark", "run_verify", "run_check", "inspect"} <= walked
+    assert {path: path.read_bytes() if path.is_file() else None for path in outside.rglob("*")} == outside_before
+    assert not any(b"hunter2" in f.read_bytes() for f in hooks.resolve_outputs_dir().rglob("*") if f.is_file())
