@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from .base import Objective
 
 if TYPE_CHECKING:
-    from ..engine import AttackContext
+    from ..context import AttackContext
 
 
 class AdvDM(Objective):

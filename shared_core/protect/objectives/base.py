@@ -11,7 +11,7 @@ from ...errors import SettingsError
 from ..inner import InnerWeights, make_inner_weights
 
 if TYPE_CHECKING:
-    from ..engine import AttackContext, RunContext
+    from ..context import AttackContext, RunContext
 
 
 class Objective:

@@ -10,7 +10,7 @@ from .base import Objective
 from .targets import target_pixels
 
 if TYPE_CHECKING:
-    from ..engine import AttackContext
+    from ..context import AttackContext
 
 
 class EncoderAttack(Objective):

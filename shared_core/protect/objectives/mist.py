@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from .encoder import EncoderAttack
 
 if TYPE_CHECKING:
-    from ..engine import AttackContext
+    from ..context import AttackContext
 
 
 class Mist(EncoderAttack):
