@@ -7,11 +7,16 @@ and deterministic given a seed; `progress(done, total)` reports as they go.
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .files import atomic_write_bytes
 
 Progress = Callable[[int, int], None] | None
 #: timesteps at which `heldout_denoising_loss` evaluates each image
@@ -31,22 +36,70 @@ def _target(scheduler, latents, noise, timesteps):
     return noise
 
 
-def _optimise(optimizer: torch.optim.Optimizer, steps: int, batch_loss: Callable[[], torch.Tensor], progress: Progress) -> list[float]:
-    """`steps` optimiser steps on `batch_loss()` (which draws its own batch); returns the losses."""
-    losses = []
-    for step in range(steps):
+class Checkpoint:
+    """A training loop's whole state (weights, optimiser, random generators, losses so far), written
+    atomically to `path` at most every `every_s` seconds and at the end, so that a stopped loop
+    resumes where it stopped and ends as an uninterrupted one would. Our own file: it holds only
+    tensors and plain values, and is read back with `weights_only=True`."""
+
+    def __init__(self, path: str | Path, every_s: float = 600.0):
+        self.path, self.every_s = Path(path), every_s
+        self._saved_at = time.monotonic()
+        self.parts: tuple = ()
+
+    def bind(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+        self.parts = (modules, optimizer, generator)
+
+    def restore(self) -> tuple[int, list[float]]:
+        """(steps already done, their losses), loading the saved state into the bound parts; (0, []) without a file."""
+        if not self.path.exists():
+            return 0, []
+        modules, optimizer, generator = self.parts
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if set(state["modules"]) != set(modules):
+            raise ValueError(f"{self.path}: a checkpoint of {sorted(state['modules'])}, not of {sorted(modules)}; delete it to start over")
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"]), list(state["losses"])
+
+    def save(self, step: int, losses: list[float], *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._saved_at < self.every_s:
+            return
+        modules, optimizer, generator = self.parts
+        buffer = io.BytesIO()
+        torch.save({"step": step, "losses": losses, "modules": {name: module.state_dict() for name, module in modules.items()},
+                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, buffer)  # fmt: skip
+        atomic_write_bytes(self.path, buffer.getvalue())
+        self._saved_at = time.monotonic()
+
+
+def _optimise(optimizer: torch.optim.Optimizer, steps: int, batch_loss: Callable[[], torch.Tensor], progress: Progress,
+              checkpoint: Checkpoint | None = None) -> list[float]:  # fmt: skip
+    """`steps` optimiser steps on `batch_loss()` (which draws its own batch); returns the losses.
+    With a bound `checkpoint`, starts from its saved step and saves as it goes."""
+    start, losses = checkpoint.restore() if checkpoint else (0, [])
+    for step in range(start, steps):
         loss = batch_loss()
+        value = loss.item()
+        if not np.isfinite(value):
+            raise FloatingPointError(f"training loss is {value} at step {step + 1} of {steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(value)
+        if checkpoint:
+            checkpoint.save(step + 1, losses, force=step + 1 == steps)
         if progress:
             progress(step + 1, steps)
     return losses
 
 
-def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0, progress: Progress = None) -> list[float]:
-    """Reconstruction pretraining of an AutoencoderKL (MSE + a small KL term), in place.
+def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0,
+                      progress: Progress = None, checkpoint: Checkpoint | None = None) -> list[float]:  # fmt: skip
+    """Reconstruction pretraining of an AutoencoderKL (MSE + a small KL term), in place; resumable with `checkpoint`.
 
     Afterwards the VAE's `scaling_factor` is set so that latents of `images` have unit variance.
     """
@@ -54,6 +107,8 @@ def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: floa
     generator = torch.Generator().manual_seed(seed)  # random draws on the CPU: the same on any device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     vae.train().requires_grad_(True)
+    if checkpoint:
+        checkpoint.bind({"vae": vae}, optimizer, generator)
 
     def batch_loss() -> torch.Tensor:
         batch = data[torch.randint(len(data), (batch_size,), generator=generator)]
@@ -61,7 +116,7 @@ def train_autoencoder(vae, images, *, steps: int, batch_size: int = 16, lr: floa
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
         return F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
 
-    losses = _optimise(optimizer, steps, batch_loss, progress)
+    losses = _optimise(optimizer, steps, batch_loss, progress, checkpoint)
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # as SD's 0.18215: scale latents to unit variance for the diffusion model
         std = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in data.split(64)]).std().item()
@@ -89,8 +144,10 @@ def train_text_to_image(
     caption_dropout: float = 0.1,
     seed: int = 0,
     progress: Progress = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[float]:
-    """Stable Diffusion fine-tuning (or training from a random init) on image-caption pairs, in place.
+    """Stable Diffusion fine-tuning (or training from a random init) on image-caption pairs, in place;
+    resumable with `checkpoint` (full training: the UNet and text encoder are saved).
 
     The VAE stays frozen and latents are encoded once. With `lora_rank`, peft adapters are added to
     the UNet's attention projections (and the text encoder's, if trained) and only they learn.
@@ -133,6 +190,8 @@ def train_text_to_image(
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
     unet.train()
     text_encoder.train(train_text_encoder)
+    if checkpoint:
+        checkpoint.bind({"unet": unet, "text_encoder": text_encoder}, optimizer, generator)
 
     def batch_loss() -> torch.Tensor:
         index = torch.randint(len(latents), (batch_size,), generator=generator)
@@ -153,7 +212,7 @@ def train_text_to_image(
         prediction = unet(scheduler.add_noise(z0, noise, timesteps), timesteps, encoder_hidden_states=hidden, **extra).sample
         return F.mse_loss(prediction, _target(scheduler, z0, noise, timesteps))
 
-    losses = _optimise(optimizer, steps, batch_loss, progress)
+    losses = _optimise(optimizer, steps, batch_loss, progress, checkpoint)
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     return losses

@@ -10,11 +10,13 @@ with real images and the same diffusers classes (see benchmarks/README.md):
   0-6 is fine-tuned with peft LoRA, or fully, on the owner's digit 7 (a class it never saw);
 * photo settings (the full plan; the digits settings above are the `--quick` smoke plan):
   photo-scratch, a pixel DDPM trained from scratch on 32 px crops of the owner's photograph; and
-  photo-finetune, a latent diffusion model shaped like SD (an AutoencoderKL with 8x downsampling and
-  4 latent channels trained on other photos, a text-conditioned UNet pretrained on 12 other
-  photographs and textures) fine-tuned fully or with a peft LoRA on the owner's 32 crops of a cat,
-  captioned "a photo of sks cat", a concept it never saw. Victims are also scored by their
-  denoising loss on held-out *clean* crops of the owner (what they really learned about them).
+  photo-finetune (the mimicry case), the committed public base model of `bases.py` (SD-shaped: an
+  AutoencoderKL with 8x downsampling and 4 latent channels, a text-conditioned UNet, trained on 12
+  other photographs and textures) fine-tuned with a peft LoRA, or fully, on the owner's 32 crops of
+  a cat captioned "a photo of sks cat", a concept it never saw. Victims are also scored by their
+  denoising loss on held-out *clean* crops of the owner (what they really learned about them), and
+  the base model itself is scored the same way, so each victim's *learned share* can be reported:
+  (base - protected) / (base - clean) of that loss.
 
 Every number is repeated over `plan.seeds` (protection noise, victim initialisation and data order
 all follow the seed) and reported as mean and standard deviation. Runs are appended to runs.jsonl
@@ -24,6 +26,7 @@ in the output folder as they finish, so an interrupted benchmark resumes where i
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import os
@@ -37,15 +40,17 @@ import torch
 from PIL import Image, ImageFilter
 
 from ..errors import SettingsError
-from ..files import atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from ..protect import ProtectSettings, protect_arrays
 from ..surrogates.diffusers_backend import LatentDiffusersSurrogate, PixelDiffusersSurrogate
 from ..surrogates.tiny import TinyLatentConfig, tiny_pixel_ddpm, tiny_sd_pipeline
 from ..training import heldout_denoising_loss, train_autoencoder, train_pixel_ddpm, train_text_to_image
+from .bases import DEFAULT_ROOT as DEFAULT_BASES
+from .bases import PHOTO_BASE, PHOTO_TRANSFER, BaseRecipe, base_pipeline
 from .datasets import BASE_SUBJECTS, DIGIT_WORDS, OWNER_SUBJECT, digits, photo_crops
 from .quality import QualityJudge
 
-COUNTERMEASURES = ("jpeg75", "downscale", "blur")
+COUNTERMEASURES = ("jpeg75", "downscale", "blur", "purify")
 SETTINGS = ("finetune", "scratch")  # longest first
 
 
@@ -71,7 +76,7 @@ class Condition:
             name += "(" + ",".join(f"{k}={v}" for k, v in self.options) + ")"
         if self.timesteps:
             name += f"[{self.timesteps}]"
-        if self.method != "clean":
+        if self.method not in ("clean", "base"):
             name += f" b{self.budget:g}"
         if self.steps:
             name += f" s{self.steps}"
@@ -87,19 +92,20 @@ class Condition:
         return replace(self, countermeasure=None)
 
 
-def _grid(methods: list[Condition], *, sweep: list[Condition], budgets: tuple[float, ...], countered: list[Condition],
-          transferred: list[Condition], stepped: list[Condition] = (), steps: tuple[int, ...] = ()) -> list[Condition]:  # fmt: skip
+def _grid(methods: list[Condition], *, sweep: list[Condition] = (), budgets: tuple[float, ...] = (), countered: list[Condition] = (),
+          transferred: list[Condition] = (), stepped: list[Condition] = (), steps: tuple[int, ...] = (),
+          countermeasures: tuple[str, ...] = ("jpeg75", "downscale", "blur")) -> list[Condition]:  # fmt: skip
     """The methods at their budget, `sweep` at the other budgets, `countered` under each countermeasure,
     `transferred` crafted on the other surrogate, `stepped` with other PGD step counts."""
     conditions = list(methods)
     conditions += [replace(c, budget=b) for c in sweep for b in budgets if b != c.budget]
     conditions += [replace(c, steps=n) for c in stepped for n in steps]
-    conditions += [replace(c, countermeasure=m) for c in countered for m in COUNTERMEASURES]
+    conditions += [replace(c, countermeasure=m) for c in countered for m in countermeasures]
     conditions += [replace(c, transfer=True) for c in transferred]
     return list(dict.fromkeys(conditions))
 
 
-CLEAN, NOISE = Condition("clean"), Condition("noise")
+CLEAN, NOISE, BASE = Condition("clean"), Condition("noise"), Condition("base")
 ADVDM, ASPL, ENCODER, MIST = Condition("advdm"), Condition("aspl"), Condition("encoder"), Condition("mist")
 UDP_MIN, UDP_MAX = Condition("udp", options=(("sign", "min"),)), Condition("udp", options=(("sign", "max"),))
 EUDP_SCHEDULES = [Condition("eudp", options=(("sign", "max"),), timesteps=schedule) for schedule in ("survival", "survival-squared", "truncated")]
@@ -111,10 +117,12 @@ SCOPED = [replace(c, options=(*c.options, ("scope", scope))) for c in (UDP_MIN, 
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of everything; `QUICK` and `FULL` below are the two published plans.
+    """Sizes of everything; `QUICK`, `HEADLINE` and `FULL` below are the published plans.
 
     `finetune_conditions` run with a full fine-tune and `lora_conditions` with a peft LoRA, on the
-    same protected sets.
+    same protected sets (crafted once per condition and seed, and kept in the output folder's
+    `crafted/`). `finetune_order`, where given, is the order the fine-tune runs go in: (mode,
+    condition) blocks, so that a run stopped part-way has answered the first questions first.
     """
 
     name: str
@@ -142,12 +150,12 @@ class Plan:
     photo_size: int = 64
     photo_owner_images: int = 32
     photo_heldout_images: int = 16
-    photo_autoencoder_images: int = 600
-    photo_autoencoder_steps: int = 1500
-    photo_base_images: int = 600
-    photo_base_steps: int = 3000
     photo_victim_steps: int = 400
     photo_judge_images: int = 1300
+    #: the committed base models: the public model, and the differently built one for transfer
+    photo_bases: tuple[BaseRecipe, BaseRecipe] = (PHOTO_BASE, PHOTO_TRANSFER)
+    bases_root: str = str(DEFAULT_BASES)
+    finetune_order: tuple[tuple[str, Condition], ...] = ()
 
     @property
     def setting_classes(self) -> dict[str, type]:
@@ -157,12 +165,23 @@ class Plan:
         return {"scratch": ScratchSetting, "finetune": FinetuneSetting}
 
     @property
-    def protection_modes(self) -> dict[str, dict[str, tuple[Condition, ...]]]:
-        """Per protection setting, the victims it trains (by mode) and their conditions."""
+    def protection_runs(self) -> dict[str, list[tuple[str, Condition]]]:
+        """Per protection setting, its victims' (mode, condition) in the order they run."""
         classes = self.setting_classes
-        return {classes["scratch"].__name__: {"scratch": self.scratch_conditions},
-                classes["finetune"].__name__: {"full": self.finetune_conditions, "lora": self.lora_conditions}}  # fmt: skip
+        finetune = list(self.finetune_order) or [("full", c) for c in self.finetune_conditions] + [("lora", c) for c in self.lora_conditions]
+        return {classes["scratch"].__name__: [("scratch", c) for c in self.scratch_conditions], classes["finetune"].__name__: finetune}
 
+
+#: the photo fine-tune (mimicry) plan's blocks, in the order they run: (a) the answer first, LoRA victims of clean, noise and
+#: the default; (b) every other method on LoRA; (c) full fine-tuning; (d) budgets, transfer and countermeasures for the
+#: default, noise and the strongest peer of (b) (PEER below)
+MIMICRY_METHODS = [ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX]
+PEER = ADVDM
+PHOTO_COUNTERMEASURES = ("jpeg75", "downscale", "purify")
+_MIMICRY_EXTRAS = _grid([], sweep=[NOISE, EUDP, PEER], budgets=(4.0, 16.0), transferred=[EUDP, PEER], countered=[CLEAN, NOISE, EUDP, PEER],
+                        countermeasures=PHOTO_COUNTERMEASURES)  # fmt: skip
+MIMICRY_ORDER = (*[("lora", c) for c in (CLEAN, NOISE, EUDP)], *[("lora", c) for c in MIMICRY_METHODS],
+                 *[("full", c) for c in (CLEAN, NOISE, EUDP, *MIMICRY_METHODS)], *[(mode, c) for c in _MIMICRY_EXTRAS for mode in ("lora", "full")])  # fmt: skip
 
 FULL = Plan(
     name="full",
@@ -172,19 +191,16 @@ FULL = Plan(
     # pixel models have no VAE encoder (encoder, mist do not apply); ASPL is a fine-tuning method
     scratch_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, UDP_MIN, UDP_MAX, EUDP_MIN, *EUDP_SCHEDULES, *SCOPED],
                                    sweep=[NOISE, ADVDM, UDP_MAX, EUDP], budgets=(4.0, 16.0), countered=[CLEAN, EUDP], transferred=[EUDP])),  # fmt: skip
-    finetune_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX, EUDP_MIN, *EUDP_SCHEDULES, *SCOPED],
-                                    sweep=[NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MAX, EUDP], budgets=(4.0, 16.0),
-                                    countered=[CLEAN, NOISE, EUDP, MIST, ENCODER], transferred=[EUDP, MIST, ENCODER],
-                                    stepped=[EUDP], steps=(20, 100))),  # fmt: skip
-    lora_conditions=tuple(_grid([CLEAN, NOISE, ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX, EUDP_MIN, EUDP, *SCOPED],
-                                sweep=[NOISE, MIST, EUDP], budgets=(4.0, 16.0), countered=[CLEAN, EUDP, MIST], transferred=[EUDP, MIST])),  # fmt: skip
+    finetune_conditions=tuple(dict.fromkeys(c for mode, c in MIMICRY_ORDER if mode == "full")),
+    lora_conditions=tuple(dict.fromkeys(c for mode, c in MIMICRY_ORDER if mode == "lora")),
+    finetune_order=MIMICRY_ORDER,
 )
 
 #: the photo settings with only what the headline needs: clean, uniform noise and the shipped default
 #: (EUDP, 8/255) over three seeds, for every victim (from scratch, full fine-tune, LoRA). It fits a
 #: 2-core CPU in hours where the full grid needs a day.
 HEADLINE = replace(FULL, name="headline", scratch_conditions=(CLEAN, NOISE, EUDP), finetune_conditions=(CLEAN, NOISE, EUDP),
-                   lora_conditions=(CLEAN, NOISE, EUDP))  # fmt: skip
+                   lora_conditions=(CLEAN, NOISE, EUDP), finetune_order=tuple((m, c) for m in ("lora", "full") for c in (CLEAN, NOISE, EUDP)))  # fmt: skip
 
 #: the digits settings (8-16 px), a smoke test of every part in a few minutes
 QUICK = Plan(
@@ -263,7 +279,7 @@ def countermeasure(images: list[np.ndarray], name: str) -> list[np.ndarray]:
         elif name == "blur":
             pil = pil.filter(ImageFilter.GaussianBlur(radius=0.5 * max(pil.size) / 16))  # 1 px at 32 px, 0.5 px at 16 px
         else:
-            raise ValueError(f"unknown countermeasure {name!r}; choose from {COUNTERMEASURES}")
+            raise ValueError(f"countermeasure {name!r} needs a model (a fine-tune setting's `countermeasure`) or is unknown; choose from {COUNTERMEASURES}")
         out.append(np.asarray(pil))
     return out
 
@@ -334,6 +350,9 @@ class ScratchSetting:
         surrogate = None if condition.method in ("clean", "noise") else self.surrogate(seed, condition.transfer)
         return prepare(condition, self.owner, surrogate, steps=condition.steps or self.plan.protect_steps, seed=seed)
 
+    def countermeasure(self, images: list[np.ndarray], name: str) -> list[np.ndarray]:
+        return countermeasure(images, name)
+
     def victim(self, images: list[np.ndarray], seed: int, mode: str = "scratch") -> tuple[dict, list[np.ndarray]]:
         plan = self.plan
         unet, scheduler = tiny_pixel_ddpm(self.size, self.channels, seed=seed)
@@ -355,7 +374,8 @@ class PhotoScratchSetting(ScratchSetting):
 
     def load_data(self) -> None:
         plan = self.plan
-        self.owner, self.heldout, self.judge, self.label = _photo_owner(plan, plan.photo_scratch_size, plan.scratch_images)
+        self.owner, self.heldout = _photo_owner(plan, plan.photo_scratch_size, plan.scratch_images)
+        self.judge, self.label = _photo_judge(plan, plan.photo_scratch_size, self.owner), len(BASE_SUBJECTS)
 
 
 @dataclass
@@ -402,34 +422,71 @@ class FinetuneSetting:
             surrogate = LatentDiffusersSurrogate(copy.deepcopy(self.base(condition.transfer)), "finetune-base", torch.device("cpu"))
         return prepare(condition, self.owner, surrogate, steps=condition.steps or self.plan.protect_steps, seed=seed, prompt=self.caption)
 
-    def victim(self, images: list[np.ndarray], seed: int, mode: str = "lora") -> tuple[dict, list[np.ndarray]]:
-        from diffusers import DDIMScheduler
-
-        from ..trace.verify import diffusers_generator
-
+    def train_victim(self, images: list[np.ndarray], seed: int, mode: str = "lora"):
+        """A copy of the base fine-tuned on `images` (peft LoRA or every UNet weight), and its training losses."""
         plan = self.plan
         pipeline = copy.deepcopy(self.base())
         lora = mode == "lora"
         losses = train_text_to_image(pipeline, images, [self.caption] * len(images), steps=self.victim_steps, batch_size=16,
                                      lr=plan.lora_lr if lora else 2e-4, lora_rank=plan.lora_rank if lora else None, train_text_encoder=False,
                                      seed=seed)  # fmt: skip
-        heldout = heldout_denoising_loss(LatentDiffusersSurrogate(pipeline, "victim", torch.device("cpu")), self.heldout, self.caption)
-        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=self.size, width=self.size)
-        samples = []
-        for start in range(0, plan.samples, 64):
-            count = min(64, plan.samples - start)
-            samples += generate([self.caption] * count, [10_000 * (seed + 1) + start + i for i in range(count)])
+        return pipeline, losses
+
+    def heldout_loss(self, pipeline) -> float:
+        return heldout_denoising_loss(LatentDiffusersSurrogate(pipeline, "victim", torch.device("cpu")), self.heldout, self.caption)
+
+    def victim(self, images: list[np.ndarray], seed: int, mode: str = "lora") -> tuple[dict, list[np.ndarray]]:
+        pipeline, losses = self.train_victim(images, seed, mode)
+        heldout = self.heldout_loss(pipeline)
+        samples = self._samples(pipeline, seed)
         return {**self.judge.score(samples, label=self.target_label), "final_loss": float(np.mean(losses[-20:])), "heldout_loss": heldout}, samples
 
+    def base_scores(self, seed: int) -> tuple[dict, list[np.ndarray]]:
+        """The untouched base model scored as a victim is: its held-out clean loss and its samples for the owner's caption."""
+        pipeline = copy.deepcopy(self.base())
+        samples = self._samples(pipeline, seed)
+        return {**self.judge.score(samples, label=self.target_label), "heldout_loss": self.heldout_loss(pipeline)}, samples
 
-def _photo_owner(plan: Plan, size: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray], QualityJudge, int]:
-    """The owner's crops of their photograph (trained on, held out), and a judge that learned every subject from other crops."""
+    def _samples(self, pipeline, seed: int) -> list[np.ndarray]:
+        from diffusers import DDIMScheduler
+
+        from ..trace.verify import diffusers_generator
+
+        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+        generate = diffusers_generator(pipeline, steps=self.plan.sample_steps, guidance_scale=3.0, height=self.size, width=self.size)
+        samples = []
+        for start in range(0, self.plan.samples, 64):
+            count = min(64, self.plan.samples - start)
+            samples += generate([self.caption] * count, [10_000 * (seed + 1) + start + i for i in range(count)])
+        return samples
+
+    def countermeasure(self, images: list[np.ndarray], name: str) -> list[np.ndarray]:
+        """The image countermeasures, and `purify`: what a copier can do with the public model itself, img2img at low
+        strength (noise the image to t = 0.15 T with the base's own autoencoder, then denoise it back with DDIM)."""
+        if name != "purify":
+            return countermeasure(images, name)
+        from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+        base = copy.deepcopy(self.base())
+        img2img = StableDiffusionImg2ImgPipeline(**{**base.components, "scheduler": DDIMScheduler.from_config(base.scheduler.config)})
+        img2img.set_progress_bar_config(disable=True)
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+        out = img2img(prompt=[""] * len(images), image=pixels, strength=0.15, num_inference_steps=40, guidance_scale=1.0,
+                      generator=torch.Generator().manual_seed(0), output_type="np").images  # fmt: skip
+        return list((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+
+
+def _photo_owner(plan: Plan, size: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The owner's crops of their photograph: trained on, held out."""
     crops, _, _ = photo_crops(count + plan.photo_heldout_images, size, seed=11, subjects=OWNER_SUBJECT, min_share=0.35)
+    return crops[:count], crops[count:]
+
+
+def _photo_judge(plan: Plan, size: int, owner: list[np.ndarray]) -> QualityJudge:
+    """A judge that learned every subject, the owner's cat included, from other crops than the owner's (its label: len(BASE_SUBJECTS))."""
     subjects = {**BASE_SUBJECTS, **OWNER_SUBJECT}
     judge_images, _, judge_labels = photo_crops(plan.photo_judge_images, size, seed=21, subjects=subjects, min_share=0.35)
-    judge = QualityJudge.fit(judge_images, judge_labels, crops[:count], size=32)
-    return crops[:count], crops[count:], judge, len(BASE_SUBJECTS)
+    return QualityJudge.fit(judge_images, judge_labels, owner, size=32)
 
 
 class PhotoFinetuneSetting(FinetuneSetting):
@@ -439,25 +496,25 @@ class PhotoFinetuneSetting(FinetuneSetting):
     def __post_init__(self):
         plan = self.plan
         self.size, self.victim_steps = plan.photo_size, plan.photo_victim_steps
-        self.owner, self.heldout, self.judge, self.target_label = _photo_owner(plan, plan.photo_size, plan.photo_owner_images)
+        self.owner, self.heldout = _photo_owner(plan, plan.photo_size, plan.photo_owner_images)
+        self.target_label = len(BASE_SUBJECTS)
         self.caption = next(iter(OWNER_SUBJECT.values()))
-        base_images, base_captions, _ = photo_crops(plan.photo_base_images, plan.photo_size, seed=31, subjects=BASE_SUBJECTS, min_share=0.35)
-        autoencoder_images, _, _ = photo_crops(plan.photo_autoencoder_images, plan.photo_size, seed=41, subjects=BASE_SUBJECTS, min_share=0.25)
         self.bases = {}
-        self._base_data = (autoencoder_images, base_images, base_captions)
         self.base()
 
+    @functools.cached_property
+    def judge(self) -> QualityJudge:
+        """Built on first use: re-running one victim's training and held-out loss needs no judge."""
+        return _photo_judge(self.plan, self.plan.photo_size, self.owner)
+
     def base(self, transfer: bool = False):
-        """The public base model; a second one (its own autoencoder, wider UNet, other seed) is the transfer surrogate."""
+        """The committed public base model (built first, resumably, where the bases folder has none); the second,
+        differently built one (own autoencoder and crops, wider UNet, other seed) is the transfer surrogate."""
         if transfer not in self.bases:
-            autoencoder_images, base_images, base_captions = self._base_data
-            config = TinyLatentConfig(resolution=self.plan.photo_size, vae_channels=(32, 64, 64, 64), unet_channels=(96, 192) if transfer else (64, 128),
-                                      text_width=64, seed=7 if transfer else 0)  # fmt: skip
-            pipeline = tiny_sd_pipeline(config)
-            train_autoencoder(pipeline.vae, autoencoder_images, steps=self.plan.photo_autoencoder_steps, batch_size=32, lr=1e-3, seed=config.seed)
-            train_text_to_image(pipeline, base_images, base_captions, steps=self.plan.photo_base_steps, batch_size=32, lr=1e-3,
-                                train_text_encoder=True, seed=config.seed)  # fmt: skip
-            self.bases[transfer] = pipeline
+            recipe = self.plan.photo_bases[int(transfer)]
+            if recipe.size != self.plan.photo_size:
+                raise SettingsError(f"base {recipe.name!r} is built at {recipe.size} px, the plan's photos are {self.plan.photo_size} px")
+            self.bases[transfer] = base_pipeline(recipe, self.plan.bases_root, command=f"unlearnable bench bases --out {self.plan.bases_root}")
         return self.bases[transfer]
 
 
@@ -478,7 +535,7 @@ class RunLog:
     def add(self, run_id: str, run: dict) -> None:
         run = {"id": run_id, "plan": self.plan.name, **run}
         self.runs[run_id] = run
-        with self.path.open("a") as file:
+        with self.path.open("a") as file:  # one write of a whole line: workers of other seeds append to the same log
             file.write(json.dumps(run) + "\n")
 
 
@@ -520,41 +577,69 @@ def _visibility(before: list[np.ndarray], after: list[np.ndarray]) -> dict:
             "ssim": float(np.mean([ssim(a, b) for a, b in zip(before, after)]))}  # fmt: skip
 
 
-def _protection_runs(setting_class, log: RunLog, plan: Plan, out: Path, progress) -> None:
-    """Craft each protected set once and train every mode's victim on it (after its countermeasure).
+class CraftedSets:
+    """Each protected set crafted once per (condition, seed) and kept in OUT/crafted/ (with its cost), so that
+    victims of another mode or a later run train on the very same images without crafting them again."""
+
+    def __init__(self, out: Path, setting_name: str):
+        self.folder = out / "crafted" / setting_name
+
+    def get(self, setting, crafted: Condition, seed: int) -> tuple[list[np.ndarray], dict]:
+        path = self.folder / f"{crafted.label.replace(' ', '_')}-seed{seed}.npz"
+        if path.exists():
+            with np.load(path) as stored:
+                return list(stored["images"]), json.loads(str(stored["cost"]))
+        images, cost = setting.craft(crafted, seed)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, images=np.stack(images), cost=json.dumps(cost))
+        atomic_write_bytes(path, buffer.getvalue())
+        return images, cost
+
+
+def _protection_runs(setting_class, log: RunLog, plan: Plan, out: Path, progress, seeds: tuple[int, ...]) -> None:
+    """Every (mode, condition) of the setting in plan order, each over the seeds: the victim trains on the crafted set
+    (after its countermeasure). Fine-tune settings first log the untouched base model as `base` rows, per mode and seed.
 
     The setting (its surrogates and base model) is built only when a run is missing, so rerunning a
     finished folder just rewrites the tables."""
     name, setting = setting_class.__name__, None
-    conditions_by_mode = plan.protection_modes[name]
-    crafts = list(dict.fromkeys(c.crafted for conditions in conditions_by_mode.values() for c in conditions))
-    for crafted in crafts:
-        for seed in plan.seeds:
-            prepared = None
-            for mode, conditions in conditions_by_mode.items():
-                for condition in (c for c in conditions if c.crafted == crafted):
-                    run_id = protection_run_id(name, mode, condition, seed)
-                    if log.done(run_id):
-                        continue
-                    if prepared is None:
-                        setting = setting or setting_class(plan)
-                        prepared, cost = setting.craft(crafted, seed)
-                    trained_on = countermeasure(prepared, condition.countermeasure) if condition.countermeasure else prepared
-                    started = time.perf_counter()
-                    scores, samples = setting.victim(trained_on, seed, mode)
-                    if seed == plan.seeds[0]:
-                        grid = out / "samples" / f"{name}-{mode}-{condition.label.replace(' ', '_')}.png"
-                        grid.parent.mkdir(parents=True, exist_ok=True)
-                        save_grid(samples, grid)
-                    log.add(run_id, {"setting": name, "mode": mode, "condition": asdict(condition), "label": condition.label, "seed": seed,
-                                     **scores, **cost, **_visibility(setting.owner, prepared), "victim_seconds": time.perf_counter() - started})  # fmt: skip
-                    progress(run_id, log.runs[run_id])
+    crafted_sets = CraftedSets(out, name)
+    order = plan.protection_runs[name]
+    if hasattr(setting_class, "base_scores"):
+        order = [(mode, BASE) for mode in dict.fromkeys(mode for mode, _ in order)] + order
+    base_scores = {}
+    for mode, condition in order:
+        for seed in seeds:
+            run_id = protection_run_id(name, mode, condition, seed)
+            if log.done(run_id):
+                continue
+            setting = setting or setting_class(plan)
+            started = time.perf_counter()
+            if condition == BASE:
+                if seed not in base_scores:
+                    base_scores[seed] = setting.base_scores(seed)
+                scores, samples = base_scores[seed]
+                prepared, cost = setting.owner, {}
+            else:
+                prepared, cost = crafted_sets.get(setting, condition.crafted, seed)
+                trained_on = setting.countermeasure(prepared, condition.countermeasure) if condition.countermeasure else prepared
+                scores, samples = setting.victim(trained_on, seed, mode)
+            if seed == plan.seeds[0]:
+                grid = out / "samples" / f"{name}-{mode}-{condition.label.replace(' ', '_')}.png"
+                grid.parent.mkdir(parents=True, exist_ok=True)
+                save_grid(samples, grid)
+            log.add(run_id, {"setting": name, "mode": mode, "condition": asdict(condition), "label": condition.label, "seed": seed,
+                             **scores, **cost, **_visibility(setting.owner, prepared), "victim_seconds": time.perf_counter() - started})  # fmt: skip
+            progress(run_id, log.runs[run_id])
 
 
 def planned_run_ids(plan: Plan) -> list[str]:
-    """The id of every run the plan asks for, as the run logs name them."""
-    ids = [protection_run_id(name, mode, c, seed) for name, by_mode in plan.protection_modes.items() for mode, conditions in by_mode.items()
-           for c in conditions for seed in plan.seeds]  # fmt: skip
+    """The id of every run the plan asks for, as the run logs name them (fine-tune settings' `base` rows included)."""
+    ids = []
+    for name, order in plan.protection_runs.items():
+        if name in ("FinetuneSetting", "PhotoFinetuneSetting"):
+            order = [(mode, BASE) for mode in dict.fromkeys(mode for mode, _ in order)] + order
+        ids += [protection_run_id(name, mode, c, seed) for mode, c in order for seed in plan.seeds]
     return ids
 
 
@@ -562,42 +647,63 @@ def protection_run_id(setting_name: str, mode: str, condition: Condition, seed: 
     return f"{setting_name}/{mode}/{condition.label}/seed{seed}"
 
 
-def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None) -> None:
-    """One setting's runs (resuming from its log)."""
+def run_setting(plan: Plan, out: Path, setting: str, threads: int, progress=None, seeds: tuple[int, ...] | None = None) -> None:
+    """One setting's runs (resuming from its log), for all the plan's seeds or the given ones."""
     torch.set_num_threads(threads)
     log = RunLog(out, plan, setting)
     progress = progress or (lambda run_id, run: None)
     if setting in ("scratch", "finetune"):
-        _protection_runs(plan.setting_classes[setting], log, plan, out, progress)
+        _protection_runs(plan.setting_classes[setting], log, plan, out, progress, seeds or plan.seeds)
     else:
         raise ValueError(f"unknown setting {setting!r}; choose from {SETTINGS}")
 
 
-def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int = 1, progress=None, command: str = "") -> dict:
+def worker_tasks(plan: Plan, settings: tuple[str, ...], jobs: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(setting, seeds) per worker: a setting each while there are as many settings as workers, else each setting's seeds
+    shared out among the workers it gets (runs of different seeds are independent, and their log lines are appended whole)."""
+    if len(settings) >= jobs:
+        return [(setting, plan.seeds) for setting in settings]
+    per_setting = max(1, jobs // len(settings))
+    return [(setting, plan.seeds[k::per_setting]) for setting in settings for k in range(min(per_setting, len(plan.seeds)))]
+
+
+def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int = 1, progress=None, command: str = "", train: bool = True) -> dict:
     """Run the plan, writing runs-*.jsonl, results.json, RESULTS.md and plots to `out`.
 
-    With jobs > 1 the settings run in parallel processes (spawned, one torch thread each): these
-    models are so small that Python overhead, not arithmetic, bounds a single process.
+    With jobs > 1 the settings (or one setting's seeds) run in parallel processes (spawned, the cores
+    shared out): these models are so small that Python overhead, not arithmetic, bounds a single process. Stopped
+    part-way (Ctrl-C), or with `train=False`, it writes the tables of the runs logged so far, marked
+    partial; the same command resumes.
     """
-    from .report import write_results
-
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     settings = tuple(sorted(settings, key=SETTINGS.index))  # longest first, so parallel workers finish together
-    if jobs > 1 and len(settings) > 1:
-        import multiprocessing
+    try:
+        if not train:
+            pass
+        elif jobs > 1 and len(tasks := worker_tasks(plan, settings, jobs)) > 1:
+            import multiprocessing
 
-        context = multiprocessing.get_context("spawn")
-        workers = min(jobs, len(settings))
-        with context.Pool(workers) as pool:
-            pool.starmap(run_setting, [(plan, out, setting, max(1, cores // workers), progress) for setting in settings], chunksize=1)
-    else:
-        for setting in settings:
-            run_setting(plan, out, setting, cores, progress)
-    planned = set(planned_run_ids(plan))  # runs of conditions since dropped from the plan stay in the logs, not in the tables
-    runs = [run for setting in SETTINGS for run in read_runs(out / f"runs-{setting}.jsonl", plan) if run["id"] in planned]
-    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__,
-            "cpu_cores": cores, "jobs": jobs}  # fmt: skip
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(len(tasks)) as pool:
+                pool.starmap(run_setting, [(plan, out, setting, max(1, cores // len(tasks)), progress, seeds) for setting, seeds in tasks], chunksize=1)
+        else:
+            for setting in settings:
+                run_setting(plan, out, setting, cores, progress)
+    except KeyboardInterrupt:
+        write_tables(plan, out, command, jobs)
+        raise
+    return write_tables(plan, out, command, jobs)
+
+
+def write_tables(plan: Plan, out: Path, command: str, jobs: int) -> dict:
+    """RESULTS.md, results.json, meta.json and the plots from the runs logged so far ("partial" says how many of the plan's)."""
+    from .report import write_results
+
+    planned = planned_run_ids(plan)  # runs of conditions since dropped from the plan stay in the logs, not in the tables
+    runs = [run for setting in SETTINGS for run in read_runs(out / f"runs-{setting}.jsonl", plan) if run["id"] in set(planned)]
+    meta = {"command": command, "plan": asdict(plan), "torch": torch.__version__, "cpu_cores": os.cpu_count() or 1, "jobs": jobs,
+            "default_method": EUDP.label, "partial": f"{len(runs)} of {len(planned)} planned runs" if len(runs) < len(planned) else None}  # fmt: skip
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
     return write_results(runs, out, meta)
 
@@ -623,9 +729,12 @@ def main(args) -> int:
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    if args.bases:
+        plan = replace(plan, bases_root=args.bases)
     command = "unlearnable bench efficacy" + (" --quick" if args.quick else f" --plan {args.plan}" if args.plan != "full" else "") + (f" --seeds {args.seeds}" if args.seeds else "")
     command += f" --settings {args.settings}" if args.settings else ""
+    command += f" --bases {args.bases}" if args.bases else ""
     command += f" --jobs {args.jobs} --out {out}"
-    results = run(plan, out, settings, jobs=args.jobs, progress=PrintProgress(), command=command)
+    results = run(plan, out, settings, jobs=args.jobs, progress=PrintProgress(), command=command, train=not args.report)
     print(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(results['plots'])} plots in {out} ({len(results['runs'])} runs)")
     return 0

@@ -30,8 +30,23 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
     assert {c.label for c in FULL.lora_conditions} <= {c.label for c in FULL.finetune_conditions}
     budgets = {c.budget for c in FULL.finetune_conditions if c.method == "noise"}
     assert budgets == {4.0, 8.0, 16.0}
-    assert {c.countermeasure for c in FULL.finetune_conditions} >= {None, "jpeg75", "downscale", "blur"}
+    assert {c.countermeasure for c in FULL.finetune_conditions} >= {None, "jpeg75", "downscale", "purify"}
     assert any(c.transfer for c in FULL.finetune_conditions)
+
+
+def test_the_mimicry_plan_answers_first_and_names_the_shipped_default():
+    """Block (a), LoRA victims of clean, noise and the default, runs first; then every method on LoRA; then full fine-tuning."""
+    from shared_core.bench.efficacy import EUDP, MIMICRY_METHODS
+    from shared_core.protect import ProtectSettings
+    from shared_core.protect.objectives import OBJECTIVES
+
+    order = [(mode, c.label) for mode, c in FULL.protection_runs["PhotoFinetuneSetting"]]
+    assert order[:3] == [("lora", "clean"), ("lora", "noise b8"), ("lora", EUDP.label)]
+    assert order[3 : 3 + len(MIMICRY_METHODS)] == [("lora", c.label) for c in MIMICRY_METHODS]
+    assert order[3 + len(MIMICRY_METHODS)][0] == "full" and len(order) == len(set(order))
+    defaults = ProtectSettings()
+    objective = OBJECTIVES[defaults.method]
+    assert (EUDP.method, dict(EUDP.options)["sign"], EUDP.timesteps, EUDP.budget) == (defaults.method, objective().sign, objective.default_schedule, defaults.budget)
 
 
 def test_uniform_noise_respects_the_budget_and_countermeasures_keep_the_size():
@@ -55,7 +70,8 @@ def test_run_log_resumes_only_runs_of_the_same_plan_and_setting(tmp_path):
 def test_planned_run_ids_name_every_run_of_the_plan_and_nothing_else():
     ids = planned_run_ids(FULL)
     assert len(ids) == len(set(ids)) == len(FULL.seeds) * (len(FULL.scratch_conditions) + len(FULL.finetune_conditions)
-                                                           + len(FULL.lora_conditions))  # fmt: skip
+                                                           + len(FULL.lora_conditions) + 2)  # fmt: skip
+    assert {f"PhotoFinetuneSetting/{mode}/base/seed0" for mode in ("lora", "full")} <= set(ids)  # the base model, scored per mode and seed
     assert protection_run_id("PhotoFinetuneSetting", "lora", FULL.lora_conditions[0], FULL.seeds[-1]) in ids
     assert protection_run_id("PhotoScratchSetting", "scratch", Condition("encoder"), 0) not in ids  # a pixel model has no encoder to attack
     assert not any(i.startswith(("FinetuneSetting/", "ScratchSetting/")) for i in ids)  # digits are the quick plan only
@@ -86,24 +102,62 @@ def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
     assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000
 
 
+def test_workers_share_out_one_settings_seeds_and_every_seed_runs_once():
+    from shared_core.bench.efficacy import worker_tasks
+
+    assert worker_tasks(FULL, ("finetune",), 2) == [("finetune", (0, 2)), ("finetune", (1,))]
+    assert worker_tasks(FULL, ("finetune", "scratch"), 2) == [("finetune", (0, 1, 2)), ("scratch", (0, 1, 2))]
+    for jobs in (1, 2, 3, 5):
+        tasks = worker_tasks(FULL, ("finetune",), jobs)
+        assert sorted(seed for _, seeds in tasks for seed in seeds) == [0, 1, 2] and len(tasks) <= max(1, jobs)
+
+
+def test_learned_share_is_paired_by_seed_against_the_base_and_the_clean_victim(tmp_path):
+    """(base - victim) / (base - clean) per seed: a victim that learned nothing scores 0 %, one that learned as from clean 100 %."""
+    losses = {"base": (1.0, 1.1, 0.9), "clean": (0.5, 0.6, 0.5), "noise b8": (0.55, 0.64, 0.52), "eudp(sign=max)[survival] b8": (0.9, 1.0, 0.8)}
+    runs = [{"setting": "PhotoFinetuneSetting", "mode": "lora", "label": label, "seed": seed, "heldout_loss": loss, "fid": 10 * loss,
+             "condition": {**Condition(label.split(" ")[0].split("(")[0]).__dict__, "budget": 8.0}}
+            for label, values in losses.items() for seed, loss in enumerate(values)]  # fmt: skip
+    meta = {"plan": {"name": "test", "seeds": [0, 1, 2]}, "torch": "x", "cpu_cores": 2, "jobs": 1, "partial": "12 of 20 planned runs"}
+    summary = write_results(runs, tmp_path, meta)["summary"]
+    eudp = summary["PhotoFinetuneSetting/lora/eudp(sign=max)[survival] b8"]
+    assert eudp["learned_share"]["mean"] == pytest.approx(np.mean([0.1 / 0.5, 0.1 / 0.5, 0.1 / 0.4]))
+    assert eudp["learned_share_fid"]["mean"] == pytest.approx(eudp["learned_share"]["mean"])
+    noise = summary["PhotoFinetuneSetting/lora/noise b8"]
+    assert noise["learned_share"]["mean"] == pytest.approx(np.mean([0.9, 0.92, 0.95]))
+    assert eudp["learned_share_minus_noise"]["high"] < 0  # beyond noise's interval, paired by seed
+    assert "learned_share" not in summary["PhotoFinetuneSetting/lora/base"] and "learned_share" not in summary["PhotoFinetuneSetting/lora/clean"]
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "**Partial: 12 of 20 planned runs.**" in table and "| base |" in table and "22 % [" in table
+    assert (tmp_path / "learned-share-PhotoFinetuneSetting-lora.png").stat().st_size > 1000
+
+
 @pytest.mark.slow
-def test_photo_settings_craft_train_and_score_with_tiny_steps():
-    """Every part of the photo settings runs: SD-shaped autoencoder (8x, 4 channels), base, crafting, full/LoRA/scratch victims."""
+def test_photo_settings_craft_train_and_score_with_tiny_steps(tmp_path):
+    """Every part of the photo settings runs: SD-shaped autoencoder (8x, 4 channels), base, crafting, purification,
+    full/LoRA/scratch victims, the base's own scores."""
     from dataclasses import replace
 
+    from shared_core.bench.bases import PHOTO_BASE, PHOTO_TRANSFER
     from shared_core.bench.efficacy import MIST, NOISE, PhotoFinetuneSetting, PhotoScratchSetting
 
+    tiny = {"autoencoder_images": 24, "autoencoder_steps": 2, "base_images": 24, "base_steps": 2}
+    bases = (replace(PHOTO_BASE, **tiny), replace(PHOTO_TRANSFER, **tiny))
     plan = replace(FULL, seeds=(0,), protect_steps=1, scratch_images=8, scratch_surrogate_steps=2, photo_owner_images=8, photo_heldout_images=2,
-                   photo_autoencoder_images=24, photo_autoencoder_steps=2, photo_base_images=24, photo_base_steps=2, photo_victim_steps=2,
-                   photo_judge_images=52, samples=4, sample_steps=2)  # fmt: skip
+                   photo_victim_steps=2, photo_judge_images=52, samples=4, sample_steps=2, photo_bases=bases, bases_root=str(tmp_path))  # fmt: skip
     finetune = PhotoFinetuneSetting(plan)
     vae = finetune.base().vae
     assert len(vae.config.block_out_channels) == 4 and vae.config.latent_channels == 4 and finetune.caption == "a photo of sks cat"
+    assert (tmp_path / "photo-base" / "manifest.json").exists()  # built on first use, then loaded from its folder
     protected, cost = finetune.craft(MIST, 0)
     assert len(protected) == 8 and protected[0].shape == (64, 64, 3) and cost["seconds_per_image"] > 0
+    purified = finetune.countermeasure(protected, "purify")
+    assert purified[0].shape == (64, 64, 3) and 0 < np.abs(purified[0].astype(int) - protected[0]).mean() < 60
     for mode in ("full", "lora"):
         scores, samples = finetune.victim(protected, 0, mode)
         assert np.isfinite(scores["heldout_loss"]) and np.isfinite(scores["fid"]) and 0 <= scores["accuracy"] <= 1 and len(samples) == 4
+    base_scores, _ = finetune.base_scores(0)
+    assert np.isfinite(base_scores["heldout_loss"]) and base_scores["heldout_loss"] != scores["heldout_loss"]
     scratch = PhotoScratchSetting(plan)
     scores, samples = scratch.victim(scratch.craft(NOISE, 0)[0], 0)
     assert np.isfinite(scores["heldout_loss"]) and samples[0].shape == (32, 32, 3)
