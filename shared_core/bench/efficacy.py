@@ -685,15 +685,13 @@ def run(plan: Plan, out: Path, settings: tuple[str, ...] = SETTINGS, jobs: int =
     cores = os.cpu_count() or 1
     settings = tuple(sorted(settings, key=SETTINGS.index))  # longest first, so parallel workers finish together
     try:
-        if not train:
-            pass
-        elif jobs > 1 and len(tasks := worker_tasks(plan, settings, jobs)) > 1:
+        if train and jobs > 1 and len(tasks := worker_tasks(plan, settings, jobs)) > 1:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
             with context.Pool(len(tasks)) as pool:
                 pool.starmap(run_setting, [(plan, out, setting, max(1, cores // len(tasks)), progress, seeds) for setting, seeds in tasks], chunksize=1)
-        else:
+        elif train:
             for setting in settings:
                 run_setting(plan, out, setting, cores, progress)
     except KeyboardInterrupt:
