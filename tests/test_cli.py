@@ -63,7 +63,7 @@ def test_usage_errors_exit_2(tmp_path, photo_folder, capsys):
 def test_methods_and_info(capsys):
     assert main(["methods"]) == 0
     text = capsys.readouterr().out
-    for name in ("eudp", "udp", "advdm", "encoder", "mist", "aspl", "survival"):
+    for name in ("eudp", "udp", "advdm", "fsgm", "sds", "encoder", "mist", "aspl", "survival"):
         assert name in text
     assert main(["info"]) == 0
     assert "torch" in capsys.readouterr().out

@@ -42,9 +42,11 @@ class AttackContext:
         """The current protected tiles, detached (what an inner loop trains on)."""
         return (self.images + self.delta()).clamp(0, 1).detach()
 
-    def denoising_loss(self, pixels: torch.Tensor, weights: InnerWeights | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample training loss at sampled (t, noise), against the host's weights or `weights`."""
-        return self.run.denoising_loss(pixels, self.conditioning, self.generator, weights, latents)
+    def denoising_loss(self, pixels: torch.Tensor, weights: InnerWeights | None = None, latents: torch.Tensor | None = None,
+                       gradient: str = "backprop") -> torch.Tensor:  # fmt: skip
+        """Per-sample training loss at sampled (t, noise), against the host's weights or `weights`; with gradient
+        "sds" its gradient is the score-distillation one (no backward pass through the denoiser)."""
+        return self.run.denoising_loss(pixels, self.conditioning, self.generator, weights, latents, gradient)
 
 
 @dataclass
@@ -64,14 +66,15 @@ class RunContext:
     def crop_stack(self, arrays: list[torch.Tensor], tiles: list[tuple[int, Tile]]) -> torch.Tensor:
         return torch.stack([crop(arrays[i], tile) for i, tile in tiles]).to(self.surrogate.device)
 
-    def denoising_loss(self, pixels, conditioning, generator, weights: InnerWeights | None = None, latents=None) -> torch.Tensor:
+    def denoising_loss(self, pixels, conditioning, generator, weights: InnerWeights | None = None, latents=None, gradient: str = "backprop") -> torch.Tensor:
         z0 = self.surrogate.encode(pixels) if latents is None else latents
         total = 0.0
         overrides = weights.overrides() if weights is not None else None
+        loss = self.surrogate.score_distillation_loss if gradient == "sds" else self.surrogate.denoising_loss
         for _ in range(self.settings.noise_samples):
             timesteps = self.sampler.sample(z0.shape[0], generator).to(z0.device)
             noise = torch.randn(z0.shape, generator=generator).to(device=z0.device, dtype=torch.float32)
-            total = total + self.surrogate.denoising_loss(z0.float(), timesteps, noise, conditioning, overrides)
+            total = total + loss(z0.float(), timesteps, noise, conditioning, overrides)
         return total / self.settings.noise_samples
 
     def train(self, weights: InnerWeights, optimizer: torch.optim.Optimizer, steps: int, *, method: str, clean: bool = False) -> float:

@@ -12,7 +12,8 @@ class ProtectSettings:
     """Everything that decides what a protected image looks like.
 
     Attributes:
-        method: objective name: eudp, udp, advdm, encoder, mist, aspl.
+        method: objective name: eudp, udp, advdm, fsgm, sds, encoder, mist, aspl (fsgm fixes
+            steps=1, step_size=budget and random_init=False: its definition is one signed step).
         budget: L-infinity radius in 0-255 pixel units (8 = at most 8 levels per channel).
         steps: PGD steps per image tile.
         step_size: PGD step in 0-255 units; default 2.5 * budget / steps (at least 0.25).
@@ -48,6 +49,8 @@ class ProtectSettings:
 
     def __post_init__(self) -> None:
         self.robust = tuple(self.robust)
+        if self.method == "fsgm":
+            self.steps, self.step_size, self.random_init = 1, self.budget if self.step_size is None else self.step_size, False
         if not 0 < self.budget <= 64:
             raise ValueError(f"budget {self.budget} is outside (0, 64] (0-255 pixel units; 8 is the usual choice)")
         if self.steps < 1:

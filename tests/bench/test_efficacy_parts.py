@@ -27,7 +27,9 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
             labels = [c.label for c in conditions]
             assert len(labels) == len(set(labels)) and "clean" in labels
     assert len(FULL.seeds) >= 3
-    assert {c.label for c in FULL.lora_conditions} <= {c.label for c in FULL.finetune_conditions}
+    from shared_core.bench.efficacy import SEARCH
+
+    assert {c.label for c in FULL.lora_conditions} <= {c.label for c in (*FULL.finetune_conditions, *SEARCH)}  # the search is LoRA only
     budgets = {c.budget for c in FULL.finetune_conditions if c.method == "noise"}
     assert budgets == {4.0, 8.0, 16.0}
     assert {c.countermeasure for c in FULL.finetune_conditions} >= {None, "jpeg75", "downscale", "purify"}
@@ -36,7 +38,7 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
 
 def test_the_mimicry_plan_answers_first_and_names_the_shipped_default():
     """Block (a), LoRA victims of clean, noise and the default, runs first; then every method on LoRA; then full fine-tuning."""
-    from shared_core.bench.efficacy import EUDP, MIMICRY_METHODS
+    from shared_core.bench.efficacy import EUDP, MIMICRY_METHODS, SEARCH
     from shared_core.protect import ProtectSettings
     from shared_core.protect.objectives import OBJECTIVES
 
@@ -44,6 +46,9 @@ def test_the_mimicry_plan_answers_first_and_names_the_shipped_default():
     assert order[:3] == [("lora", "clean"), ("lora", "noise b8"), ("lora", EUDP.label)]
     assert order[3 : 3 + len(MIMICRY_METHODS)] == [("lora", c.label) for c in MIMICRY_METHODS]
     assert order[3 + len(MIMICRY_METHODS)][0] == "full" and len(order) == len(set(order))
+    search = order.index(("lora", SEARCH[0].label))
+    assert {mode for mode, _ in order[3 + len(MIMICRY_METHODS) : search]} == {"full"}  # block (c) before the search (d)
+    assert order[search : search + len(SEARCH)] == [("lora", c.label) for c in SEARCH]
     defaults = ProtectSettings()
     objective = OBJECTIVES[defaults.method]
     assert (EUDP.method, dict(EUDP.options)["sign"], EUDP.timesteps, EUDP.budget) == (defaults.method, objective().sign, objective.default_schedule, defaults.budget)
@@ -102,14 +107,20 @@ def test_report_aggregates_seeds_into_tables_and_plots(tmp_path):
     assert (tmp_path / "fid-FinetuneSetting-lora.png").stat().st_size > 1000
 
 
-def test_workers_share_out_one_settings_seeds_and_every_seed_runs_once():
-    from shared_core.bench.efficacy import worker_tasks
+def test_workers_share_one_setting_and_claim_every_run_exactly_once(tmp_path):
+    """Workers of one setting go down the plan together, each run taken by whichever claims it first, none twice."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    assert worker_tasks(FULL, ("finetune",), 2) == [("finetune", (0, 2)), ("finetune", (1,))]
-    assert worker_tasks(FULL, ("finetune", "scratch"), 2) == [("finetune", (0, 1, 2)), ("scratch", (0, 1, 2))]
-    for jobs in (1, 2, 3, 5):
-        tasks = worker_tasks(FULL, ("finetune",), jobs)
-        assert sorted(seed for _, seeds in tasks for seed in seeds) == [0, 1, 2] and len(tasks) <= max(1, jobs)
+    from shared_core.bench.efficacy import RunClaims, worker_tasks
+
+    assert worker_tasks(("finetune",), 2) == ["finetune", "finetune"]
+    assert worker_tasks(("finetune", "scratch"), 2) == ["finetune", "scratch"]
+    assert worker_tasks(("finetune",), 1) == ["finetune"]
+    run_ids = [f"PhotoFinetuneSetting/lora/c{k}/seed{k % 3}" for k in range(60)]
+    with ThreadPoolExecutor(6) as pool:
+        taken = list(pool.map(lambda _: [i for i in run_ids if RunClaims(tmp_path).take(i)], range(6)))
+    assert sorted(i for worker in taken for i in worker) == sorted(run_ids)
+    assert all(RunClaims(None).take(i) for i in run_ids[:3])  # a lone worker runs everything
 
 
 def test_learned_share_is_paired_by_seed_against_the_base_and_the_clean_victim(tmp_path):

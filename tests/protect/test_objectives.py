@@ -123,3 +123,30 @@ def test_unknown_method_and_option_errors_are_clear():
         make_objective("udp", {"colour": 3})
     with pytest.raises(ValueError, match="sign must be"):
         make_objective("udp", {"sign": "sideways"})
+    with pytest.raises(ValueError, match="gradient must be one of backprop, sds"):
+        make_objective("aspl", {"gradient": "exact"})
+
+
+def test_score_distillation_has_the_loss_value_and_the_residual_as_gradient(tiny_surrogate, photo_batch):
+    """Value: the denoising loss; gradient w.r.t. z0: 2 (output - target) / n, with no graph through the denoiser."""
+    z0 = tiny_surrogate.encode(photo_batch).detach().float().requires_grad_(True)
+    timesteps, noise = torch.tensor([100, 700]), torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    conditioning = tiny_surrogate.encode_prompts(["", ""])
+    loss = tiny_surrogate.score_distillation_loss(z0, timesteps, noise, conditioning)
+    assert torch.allclose(loss, tiny_surrogate.denoising_loss(z0, timesteps, noise, conditioning), atol=1e-6)
+    (gradient,) = torch.autograd.grad(loss.sum(), z0)
+    with torch.no_grad():
+        residual = tiny_surrogate.predict(tiny_surrogate.add_noise(z0, noise, timesteps), timesteps, conditioning) - noise
+    assert torch.allclose(gradient, 2 * residual / residual[0].numel(), atol=1e-7)
+    (exact,) = torch.autograd.grad(tiny_surrogate.denoising_loss(z0, timesteps, noise, conditioning).sum(), z0)
+    assert not torch.allclose(gradient, exact, atol=1e-7)  # it is not the back-propagated gradient
+
+
+def test_fsgm_is_one_signed_step_of_the_whole_budget_from_the_clean_image(tiny_surrogate, photo_batch):
+    settings = ProtectSettings(method="fsgm", budget=8, steps=100, seed=1)
+    assert (settings.steps, settings.effective_step_size, settings.random_init) == (1, 8.0, False)
+    result = craft_perturbation(tiny_surrogate, photo_batch, settings)
+    inside = ((photo_batch > EPS) & (photo_batch < 1 - EPS)).float()  # pixels the [0, 1] clamp cannot cut
+    assert torch.allclose(result.delta.abs() * inside, torch.full_like(result.delta, EPS) * inside, atol=1e-6)
+    advdm = craft_perturbation(tiny_surrogate, photo_batch, ProtectSettings(method="advdm", budget=8, steps=1, step_size=8, random_init=False, seed=1))
+    assert torch.equal(result.delta, advdm.delta)  # AdvDM's gradient, one step

@@ -8,6 +8,7 @@ clearly more than uniform noise of the same budget moves it.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ from shared_core.surrogates.diffusers_backend import LatentDiffusersSurrogate
 from shared_core.surrogates.loading import DTYPES, _denoiser_dtype
 from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
 
-METHODS = ["eudp", "udp", "advdm", "encoder", "mist", "aspl"]
+#: "method:gradient=sds" is the method with its PGD gradient taken by score distillation
+METHODS = ["eudp", "udp", "advdm", "encoder", "mist", "aspl", "sds", "fsgm", "advdm:gradient=sds", "eudp:gradient=sds"]
 BUDGET = 8.0
 
 
@@ -47,12 +49,30 @@ def uniform_noise(images: list[torch.Tensor], seed: int = 7) -> list[torch.Tenso
 
 
 def settings_for(method: str, steps: int) -> ProtectSettings:
+    method, _, extra = method.partition(":")
     options = {"inner_every": 2, "inner_steps": 2, "sign": "min" if method == "udp" else "max"} if method in ("udp", "eudp") else {"pgd_per_round": 3, "train_steps": 2} if method == "aspl" else {}
     # AdvDM and ASPL ascend a fixed model's loss: on a 32 px model one (t, noise) draw's gradient is
     # mostly noise, so they average four draws per step; EUDP too (with one draw its bf16 and fp16
     # victims ended 0.0002-0.001 below noise's with diffusers 0.42 / peft 0.21 / transformers 5.25)
-    draws = 4 if method in ("advdm", "aspl", "eudp") else 1
+    draws = 4 if method in ("advdm", "aspl", "eudp", "sds", "fsgm") else 1
+    options.update(dict([extra.split("=")]) if extra else {})
     return ProtectSettings(method=method, budget=BUDGET, steps=steps, method_options=options, seed=3, batch_size=2, noise_samples=draws)
+
+
+def score_distillation_move(surrogate, clean: list[torch.Tensor], pixels: list[torch.Tensor], draws: int = 8) -> float:
+    """mean((output - target) * (z - z_clean)) at the clean latents, under fixed draws: the first-order change of the SDS
+    objective from the clean images to `pixels` (0 for the clean images; SDS(-) must make it negative, beyond noise)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z_clean, z = surrogate.encode(torch.stack(clean)).float(), surrogate.encode(torch.stack(pixels)).float()
+        conditioning = surrogate.encode_prompts([""] * len(clean))
+        total = 0.0
+        for _ in range(draws):
+            timesteps = torch.randint(0, surrogate.num_timesteps, (len(clean),), generator=generator)
+            noise = torch.randn(z.shape, generator=generator)
+            output = surrogate.predict(surrogate.add_noise(z_clean, noise, timesteps), timesteps, conditioning).float()
+            total += float(((output - surrogate.training_target(z_clean, noise, timesteps)) * (z - z_clean)).mean())
+    return total / draws
 
 
 @pytest.mark.slow  # 18 optimisations and 6 victim trainings; half precision is slow on a CPU
@@ -62,10 +82,13 @@ def test_optimisation_moves_the_objective_beyond_noise(surrogates, crops, method
     surrogate = surrogates[dtype]
     images = [rgb_to_tensor(crop) for crop in crops]
     settings = settings_for(method, steps=8)
-    objective = make_objective(method, settings.method_options)
+    objective = make_objective(settings.method, settings.method_options)
     result = craft_perturbations(surrogate, images, settings, objective=objective)
     assert all(result.moved)
-    one_step = craft_perturbations(surrogate, images, settings_for(method, steps=1))
+    # FSGM is one step by definition, from the clean image: it must differ from the clean image instead
+    one_step = craft_perturbations(surrogate, images, replace(settings_for(method, steps=1), steps=1, random_init=settings.method != "fsgm"))
+    if settings.method == "fsgm":
+        one_step.deltas = [torch.zeros_like(d) for d in one_step.deltas]
 
     protected = [(image + delta).clamp(0, 1) for image, delta in zip(images, result.deltas)]
     after_one = [(image + delta).clamp(0, 1) for image, delta in zip(images, one_step.deltas)]
@@ -74,11 +97,13 @@ def test_optimisation_moves_the_objective_beyond_noise(surrogates, crops, method
     assert differing > 0.5, f"{method}/{dtype}: 8 steps changed only {differing:.0%} of the channels of 1 step"
 
     direction = 1.0 if objective.maximise else -1.0
-    if method in ("udp", "eudp"):  # their objective is what a model trained on the set learns: ask a separate victim
+    if settings.method in ("udp", "eudp"):  # their objective is what a model trained on the set learns: ask a separate victim
         crafted, noisy = victim_loss(surrogate, protected, settings), victim_loss(surrogate, uniform_noise(images), settings)
         assert np.isfinite([crafted, noisy]).all() and direction * (crafted - noisy) > 0, f"{method}/{dtype}: victim {crafted:.5f} vs noise {noisy:.5f}"
         return
     evaluate = lambda pixels: np.mean(evaluate_objective(surrogate, objective, pixels, settings, draws=8))  # noqa: E731
+    if settings.method == "sds":  # score distillation descends no loss: measure the move along its own (fixed) direction
+        evaluate = lambda pixels: score_distillation_move(surrogate, images, pixels)  # noqa: E731
     clean, crafted, noisy = evaluate(images), evaluate(protected), evaluate(uniform_noise(images))
     gain, noise_gain = direction * (crafted - clean), direction * (noisy - clean)
     assert np.isfinite([clean, crafted, noisy]).all(), (clean, crafted, noisy)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from .advdm import AdvDM
+from .advdm import FSGM, AdvDM
 from .aspl import ASPL
 from .base import InnerLoopObjective, Objective
 from .encoder import EncoderAttack
 from .mist import Mist
+from .sds import SDS
 from .udp import EUDP, UDP
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (EUDP, UDP, AdvDM, EncoderAttack, Mist, ASPL)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (EUDP, UDP, AdvDM, FSGM, SDS, EncoderAttack, Mist, ASPL)}
 
 
 def make_objective(name: str, options: dict | None = None) -> Objective:
@@ -22,4 +23,4 @@ def make_objective(name: str, options: dict | None = None) -> Objective:
         raise ValueError(f"bad option for method {name!r}: {exc}. See `unlearnable methods`.") from None
 
 
-__all__ = ["ASPL", "EUDP", "OBJECTIVES", "UDP", "AdvDM", "EncoderAttack", "InnerLoopObjective", "Mist", "Objective", "make_objective"]
+__all__ = ["ASPL", "EUDP", "OBJECTIVES", "UDP", "AdvDM", "EncoderAttack", "FSGM", "InnerLoopObjective", "Mist", "Objective", "SDS", "make_objective"]

@@ -23,7 +23,7 @@ class ASPL(InnerLoopObjective):
         pgd_per_round: PGD steps per round (default 6, as the paper).
         lr: AdamW learning rate of both fine-tunings (default 1e-3 for LoRA adapters; 5e-6, the
             paper's, for full weights).
-        inner_params, lora_rank, lora_targets, scope: see `InnerLoopObjective`.
+        inner_params, lora_rank, lora_targets, scope, gradient: see `InnerLoopObjective`.
 
     Example:
         >>> ProtectSettings(method="aspl", steps=300, method_options={"inner_params": "all"})
@@ -56,7 +56,7 @@ class ASPL(InnerLoopObjective):
         run.train(self.attacked, self._optimizer(self.attacked), self.train_steps, method=self.name, clean=True)
 
     def loss(self, ctx, pixels):
-        return ctx.denoising_loss(pixels, self.attacked)
+        return ctx.denoising_loss(pixels, self.attacked, gradient=self.gradient)
 
     def attacked_weights(self):
         return self.attacked

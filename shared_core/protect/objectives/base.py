@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from ..context import AttackContext, RunContext
 
 
+GRADIENTS = ("backprop", "sds")
+
+
+def checked_gradient(gradient: str) -> str:
+    """The `gradient` option of the denoising-loss methods: "backprop" (through the denoiser) or "sds"."""
+    if gradient not in GRADIENTS:
+        raise SettingsError(f"gradient must be one of {', '.join(GRADIENTS)}, not {gradient!r}")
+    return gradient
+
+
 class Objective:
     """One protection method: a per-sample loss and the hooks around PGD steps.
 
@@ -55,11 +65,16 @@ class InnerLoopObjective(Objective):
         lora_targets: "attention" (default) or "all" (every linear and conv layer).
         scope: "dataset" (default: one state trained on the whole protected set, as the victim
             trains) or "batch" (a fresh state per batch of tiles).
+        gradient: "backprop" (default) or "sds": the PGD steps' gradient of the denoising loss by
+            score distillation (Xue et al., ICLR 2024), without a backward pass through the
+            denoiser (the inner training still back-propagates).
     """
 
-    def __init__(self, inner_params: str = "lora", lora_rank: int = 8, lora_targets: str = "attention", scope: str = "dataset"):
+    def __init__(self, inner_params: str = "lora", lora_rank: int = 8, lora_targets: str = "attention", scope: str = "dataset",
+                 gradient: str = "backprop"):  # fmt: skip
         if scope not in ("dataset", "batch"):
             raise SettingsError(f"scope must be 'dataset' or 'batch', not {scope!r}")
+        self.gradient = checked_gradient(gradient)
         self.inner_params = inner_params
         self.lora_rank = int(lora_rank)
         self.lora_targets = lora_targets

@@ -25,7 +25,7 @@ class UDP(InnerLoopObjective):
         inner_every: PGD steps between inner rounds (default 5).
         inner_lr: AdamW learning rate of the inner loop (default 1e-3 for LoRA adapters, 1e-5
             for full weights).
-        inner_params, lora_rank, lora_targets, scope: see `InnerLoopObjective`.
+        inner_params, lora_rank, lora_targets, scope, gradient: see `InnerLoopObjective`.
 
     Example:
         >>> ProtectSettings(method="udp", method_options={"sign": "min", "inner_steps": 3})
@@ -53,7 +53,7 @@ class UDP(InnerLoopObjective):
             run.train(self.weights, self.optimizer, self.inner_steps, method=self.name)
 
     def loss(self, ctx, pixels):
-        return ctx.denoising_loss(pixels, self.weights)
+        return ctx.denoising_loss(pixels, self.weights, gradient=self.gradient)
 
     def attacked_weights(self):
         return self.weights
