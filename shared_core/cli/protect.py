@@ -41,7 +41,7 @@ def cmd_protect(args) -> int:
     """
     from ..optout import optout_line
     from ..protect import ProtectSettings, protect_files
-    from ..protect.pipeline import SUMMARY_NAME
+    from ..protect.folder import SUMMARY_NAME
     from ..surrogates import load_surrogate
 
     settings = ProtectSettings(

@@ -2,7 +2,8 @@
 
 from .engine import AttackResult, PerturbationResult, craft_perturbation, craft_perturbations, evaluate_objective
 from .objectives import OBJECTIVES, make_objective
-from .pipeline import ImageOutcome, ProtectedImages, RunSummary, protect_arrays, protect_files, protect_images
+from .folder import ImageOutcome, RunSummary, protect_files
+from .pipeline import ProtectedImages, protect_arrays, protect_images
 from .settings import ProtectSettings
 
 __all__ = [

@@ -150,7 +150,7 @@ def test_greyscale_stays_greyscale_within_budget(tmp_path, photos, tiny_surrogat
 
 
 def test_auto_format_keeps_jpeg_at_a_quality_that_keeps_the_perturbation(tmp_path, photos, tiny_surrogate):
-    from shared_core.protect.pipeline import JPEG_MIN_KEPT, perturbation_kept
+    from shared_core.protect.publish import JPEG_MIN_KEPT, perturbation_kept
 
     source = tmp_path / "photo.jpg"
     Image.fromarray(photos[0][:128, :128]).save(source, quality=90)
@@ -172,7 +172,7 @@ def test_auto_format_keeps_jpeg_at_a_quality_that_keeps_the_perturbation(tmp_pat
 
 
 def test_resume_keeps_the_metrics_of_finished_images(tmp_path, photo_folder, tiny_surrogate):
-    from shared_core.protect.pipeline import SUMMARY_NAME
+    from shared_core.protect.folder import SUMMARY_NAME
 
     out = tmp_path / "out"
     settings = ProtectSettings(**FAST, tile_size=64)
