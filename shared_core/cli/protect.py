@@ -14,6 +14,10 @@ from .optout import add_optout_arguments, optout_from
 from .source import assigned_value, dict_keys, source_tree
 
 
+#: images per Ray shard: the mimicry benchmark's owner sets are 32 images, each crafted as one set
+SHARD_SIZE = 32
+
+
 def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
@@ -62,8 +66,18 @@ def cmd_protect(args) -> int:
         seed=args.seed,
     )
     optout = optout_from(args)
-    surrogate = load_surrogate(args.model, args.device, config_dir=args.config, dtype=args.dtype)
-    if surrogate.demo_only:
+    surrogate, executor, images_per_call = None, None, None
+    if args.ray:
+        from ..protect.ray_executor import ModelSource, RayExecutor
+
+        source = ModelSource(args.model, args.device, config_dir=args.config, dtype=args.dtype)
+        executor = RayExecutor(source, args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+        images_per_call = args.shard_size
+        print(f"Ray: {executor.workers} worker(s), {executor.gpus_per_worker:g} GPU and {executor.cpus_per_worker} CPU core(s) each, "
+              f"shards of {args.shard_size} images; this machine reads the inputs and writes the outputs", file=sys.stderr)  # fmt: skip
+    else:
+        surrogate = load_surrogate(args.model, args.device, config_dir=args.config, dtype=args.dtype)
+    if (executor.model["demo_only"] if executor else surrogate.demo_only):
         print(
             f"warning: {args.model} is an untrained demo model: the output shows what protection does, "
             "but does not protect against real Stable Diffusion. Use --model with an SD checkpoint.",
@@ -79,6 +93,8 @@ def cmd_protect(args) -> int:
         mask=args.mask,
         progress_factory=tqdm_factory(not args.no_progress, "tile-step"),
         optout=optout,
+        executor=executor,
+        images_per_call=images_per_call,
     )
     report = summary.to_dict()
     atomic_write_text(Path(args.out) / SUMMARY_NAME, json.dumps(report, indent=2))
@@ -144,7 +160,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     protect = commands.add_parser("protect", help="add an unlearnable perturbation to images", description=cmd_protect.__doc__)
     protect.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     protect.add_argument("--out", required=True, help="output folder (created; never the input folder)")
-    protect.add_argument("--method", default="eudp", help="eudp (default), udp, advdm, encoder, mist, aspl; see `unlearnable methods`")
+    protect.add_argument("--method", default="eudp", help="eudp (default), udp, advdm, fsgm, sds, encoder, mist, aspl; see `unlearnable methods`")
     protect.add_argument("--budget", type=float, default=8.0, help="L-infinity budget in 0-255 levels (default 8)")
     protect.add_argument("--steps", type=int, default=100, help="PGD steps per tile (default 100)")
     protect.add_argument("--step-size", type=float, default=None, help="PGD step in 0-255 levels (default 2.5*budget/steps)")
@@ -169,6 +185,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     protect.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95; with --format auto, the lowest JPEG quality tried)")
     protect.add_argument("--json", action="store_true", help="print the JSON summary to stdout")
     protect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ray = protect.add_argument_group("scaling out on Ray (pip install -e \".[ray]\")")
+    ray.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                     help="protect on a Ray cluster: auto (the running one, else every local GPU or core) or its address")  # fmt: skip
+    ray.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else one per CPU core)")
+    ray.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker, fractions share a GPU (default 1 where there are GPUs)")
+    ray.add_argument("--cpus-per-worker", type=int, default=None, help="CPU cores per worker (default 1 with GPUs, else the cores shared out)")
+    ray.add_argument("--shard-size", type=int, default=SHARD_SIZE,
+                     help=f"images per shard (default {SHARD_SIZE}): UDP, EUDP and ASPL train their state over each shard")  # fmt: skip
     add_optout_arguments(protect)
     protect.set_defaults(func=cmd_protect)
 

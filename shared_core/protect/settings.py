@@ -49,6 +49,7 @@ class ProtectSettings:
 
     def __post_init__(self) -> None:
         self.robust = tuple(self.robust)
+        self.budget = float(self.budget)  # 8 and 8.0 are one setting: one fingerprint, one provenance
         if self.method == "fsgm":
             self.steps, self.step_size, self.random_init = 1, self.budget if self.step_size is None else self.step_size, False
         if not 0 < self.budget <= 64:
