@@ -219,10 +219,10 @@ def on_ui_settings() -> None:
     import gradio as gr
     from modules import shared
 
-    from shared_core.protect.objectives import OBJECTIVES
+    from shared_core.protect.objectives import METHOD_CHOICES
 
     components = {
-        "unlearnable_method": (gr.Dropdown, {"choices": list(OBJECTIVES)}),
+        "unlearnable_method": (gr.Dropdown, {"choices": list(METHOD_CHOICES)}),
         "unlearnable_budget": (gr.Slider, {"minimum": 1, "maximum": 32, "step": 1}),
         "unlearnable_steps": (gr.Slider, {"minimum": 1, "maximum": 1000, "step": 1}),
         "unlearnable_outdir": (None, None),

@@ -48,9 +48,9 @@ def _model_spec(name: str) -> str:
 
 
 def _methods() -> list[str]:
-    from ..shared_core.protect.objectives import OBJECTIVES
+    from ..shared_core.protect.objectives import METHOD_CHOICES
 
-    return [NO_METHOD, *OBJECTIVES]
+    return [NO_METHOD, *METHOD_CHOICES]
 
 
 def mimicry_test(model_name, clean_folder, protected_folder="", method=NO_METHOD, budget=8.0, protect_steps=100, prompt="a picture in the style of sks",

@@ -33,15 +33,16 @@ def parse_options(text: str) -> dict:
 
 
 def _method_choices() -> list[str]:
-    from ..shared_core.protect import OBJECTIVES
+    from ..shared_core.protect.objectives import METHOD_CHOICES
 
-    return list(OBJECTIVES)
+    return list(METHOD_CHOICES)
 
 
 def _method_help() -> str:
     from ..shared_core.protect import OBJECTIVES
+    from ..shared_core.protect.objectives import AUTO_DESCRIPTION
 
-    lines = []
+    lines = [f"auto: {AUTO_DESCRIPTION}"]
     for name, cls in OBJECTIVES.items():
         summary = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         lines.append(f"{name}: {summary}")
@@ -53,7 +54,7 @@ def _protect_inputs() -> list[Param]:
         Param("image", "IMAGE", "The images to protect (a batch is protected together)."),
         Param("model", "MODEL", "The surrogate diffusion model (SD 1.x, 2.x or SDXL; LoRAs applied in the graph count). It is never modified."),
         Param("vae", "VAE", "The model's VAE; only its encoder is used."),
-        Param("method", "COMBO", _method_help(), options=_method_choices(), default="eudp"),
+        Param("method", "COMBO", _method_help(), options=_method_choices(), default="auto"),
         Param("budget", "FLOAT", "Largest change of any channel of any pixel, in 0-255 levels (8 is usual; lower is less visible and weaker).",
               default=8.0, min=1.0, max=32.0, step=0.5),
         Param("steps", "INT", "PGD steps per image tile (100 is usual; more is slower and stronger).", default=100, min=1, max=2000),
@@ -71,7 +72,7 @@ def _protect_inputs() -> list[Param]:
     ]  # fmt: skip
 
 
-def protect_image(image, model, vae, method="eudp", budget=8.0, steps=100, seed=0, prompt="", robust_jpeg=False,
+def protect_image(image, model, vae, method="auto", budget=8.0, steps=100, seed=0, prompt="", robust_jpeg=False,
                   robust_resize=False, robust_blur=False, clip=None, conditioning=None, mask=None, options="", low_memory=False) -> Result:  # fmt: skip
     from ..shared_core.protect import ProtectSettings, protect_arrays
     from ..shared_core.protect.pipeline import tile_layout

@@ -160,7 +160,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     protect = commands.add_parser("protect", help="add an unlearnable perturbation to images", description=cmd_protect.__doc__)
     protect.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     protect.add_argument("--out", required=True, help="output folder (created; never the input folder)")
-    protect.add_argument("--method", default="eudp", help="eudp (default), udp, advdm, fsgm, sds, encoder, mist, aspl; see `unlearnable methods`")
+    protect.add_argument("--method", default="auto",
+                         help="auto (default: encoder on SD-type models, eudp on pixel models), eudp, udp, advdm, fsgm, sds, encoder, mist, aspl; "
+                              "see `unlearnable methods`")  # fmt: skip
     protect.add_argument("--budget", type=float, default=8.0, help="L-infinity budget in 0-255 levels (default 8)")
     protect.add_argument("--steps", type=int, default=100, help="PGD steps per tile (default 100)")
     protect.add_argument("--step-size", type=float, default=None, help="PGD step in 0-255 levels (default 2.5*budget/steps)")

@@ -150,6 +150,7 @@ def craft_perturbations(
         ProtectionError: a non-finite objective or gradient, or a step whose gradient is zero
             everywhere (the perturbation cannot have moved).
     """
+    settings = settings.for_model(surrogate.latent_factor > 1)
     objective = objective or make_objective(settings.method, settings.method_options)
     if settings.low_memory:
         surrogate.enable_low_memory()

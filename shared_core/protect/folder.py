@@ -343,6 +343,7 @@ def protect_files(
     started = time.perf_counter()
     executor = executor or LocalExecutor(surrogate)
     model = executor.describe()
+    settings = settings.for_model(model["latent_factor"] > 1)  # outputs and the summary record the method that ran
     plan = plan_run(inputs, Path(out_dir), model["name"], model["demo_only"], settings, fmt=fmt, quality=quality,
                     mask=Path(mask) if mask else None, optout=optout, images_per_call=images_per_call)  # fmt: skip
     sizes = [image_size(p.path) for p in plan.pending]

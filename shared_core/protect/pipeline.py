@@ -61,6 +61,7 @@ def protect_images(
             is returned as protected.
     """
     masks = masks or [None] * len(images)
+    settings = settings.for_model(surrogate.latent_factor > 1)
     tile_edge = settings.tile_size or surrogate.native_resolution
     tensors = [torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1) / 255.0 for rgb in images]  # a copy: inputs may be read-only
     objective = make_objective(settings.method, settings.method_options)

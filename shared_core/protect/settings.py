@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+#: what method "auto" (the default) runs, by the kind of model, as the photo mimicry benchmark chose (benchmarks/README.md,
+#: "Decisions"): PhotoGuard's encoder attack where a VAE encodes the images (SD 1.x/2.x/SDXL: every host model), and EUDP
+#: for pixel-space models, which have no encoder to attack
+AUTO_METHODS = {"latent": "encoder", "pixel": "eudp"}
 
 
 @dataclass
@@ -12,8 +17,9 @@ class ProtectSettings:
     """Everything that decides what a protected image looks like.
 
     Attributes:
-        method: objective name: eudp, udp, advdm, fsgm, sds, encoder, mist, aspl (fsgm fixes
-            steps=1, step_size=budget and random_init=False: its definition is one signed step).
+        method: "auto" (the default: see AUTO_METHODS) or an objective name: eudp, udp, advdm,
+            fsgm, sds, encoder, mist, aspl (fsgm fixes steps=1, step_size=budget and
+            random_init=False: its definition is one signed step).
         budget: L-infinity radius in 0-255 pixel units (8 = at most 8 levels per channel).
         steps: PGD steps per image tile.
         step_size: PGD step in 0-255 units; default 2.5 * budget / steps (at least 0.25).
@@ -30,7 +36,7 @@ class ProtectSettings:
         seed: makes a run reproducible.
     """
 
-    method: str = "eudp"
+    method: str = "auto"
     budget: float = 8.0
     steps: int = 100
     step_size: float | None = None
@@ -58,6 +64,10 @@ class ProtectSettings:
             raise ValueError("steps must be at least 1")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+
+    def for_model(self, latent: bool) -> ProtectSettings:
+        """These settings with "auto" replaced by the method chosen for a latent (VAE) or a pixel-space model."""
+        return replace(self, method=AUTO_METHODS["latent" if latent else "pixel"]) if self.method == "auto" else self
 
     @property
     def effective_step_size(self) -> float:

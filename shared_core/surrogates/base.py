@@ -136,5 +136,6 @@ class Surrogate(ABC):
             "prediction_type": self.prediction_type,
             "denoiser_dtype": str(next(self.denoiser.parameters()).dtype).replace("torch.", ""),
             "native_resolution": self.native_resolution,
+            "latent_factor": self.latent_factor,
             "demo_only": self.demo_only,
         }

@@ -172,7 +172,7 @@ def run_protect(
     )
     from ..protect.objectives import make_objective
 
-    make_objective(settings.method)  # an unknown method fails before any model loads
+    make_objective(settings.for_model(latent=True).method)  # an unknown method fails before any model loads ("auto" is known)
     reservation = OptOut(creator=creator.strip(), copyright=copyright.strip(), contact=contact.strip()) if optout else None
 
     def work() -> ProtectResult:
@@ -242,12 +242,12 @@ def _protect_result(out_dir: Path, summary, finished: list[Path], surrogate, mod
 
 
 def method_descriptions() -> dict[str, str]:
-    """First line of each objective's docstring, for the method dropdown's help text."""
+    """"auto" and the first line of each objective's docstring, for the method dropdown's help text."""
     import inspect
 
-    from ..protect.objectives import OBJECTIVES
+    from ..protect.objectives import AUTO_DESCRIPTION, OBJECTIVES
 
-    return {name: (inspect.cleandoc(cls.__doc__ or "").splitlines() or [""])[0] for name, cls in OBJECTIVES.items()}
+    return {"auto": AUTO_DESCRIPTION, **{name: (inspect.cleandoc(cls.__doc__ or "").splitlines() or [""])[0] for name, cls in OBJECTIVES.items()}}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..errors import SettingsError
 
 T = TypeVar("T")
 
-DEFAULT_METHOD = "eudp"
+DEFAULT_METHOD = "auto"
 DEFAULT_BUDGET = 8.0
 DEFAULT_STEPS = 100
 

@@ -49,9 +49,14 @@ def test_the_mimicry_plan_answers_first_and_names_the_shipped_default():
     search = order.index(("lora", SEARCH[0].label))
     assert {mode for mode, _ in order[3 + len(MIMICRY_METHODS) : search]} == {"full"}  # block (c) before the search (d)
     assert order[search : search + len(SEARCH)] == [("lora", c.label) for c in SEARCH]
+    from shared_core.bench.efficacy import DEFAULT_METHOD, ENCODER
+
     defaults = ProtectSettings()
-    objective = OBJECTIVES[defaults.method]
-    assert (EUDP.method, dict(EUDP.options)["sign"], EUDP.timesteps, EUDP.budget) == (defaults.method, objective().sign, objective.default_schedule, defaults.budget)
+    pixel, latent = defaults.for_model(latent=False), defaults.for_model(latent=True)
+    objective = OBJECTIVES[pixel.method]
+    assert (EUDP.method, dict(EUDP.options)["sign"], EUDP.timesteps, EUDP.budget) == (pixel.method, objective().sign, objective.default_schedule, pixel.budget)
+    assert (ENCODER.method, ENCODER.options, ENCODER.budget) == (latent.method, (), latent.budget) and OBJECTIVES["encoder"]().target == "gray"
+    assert set(DEFAULT_METHOD.values()) == {ENCODER.label, EUDP.label}
 
 
 def test_uniform_noise_respects_the_budget_and_countermeasures_keep_the_size():

@@ -196,3 +196,18 @@ def test_seconds_are_shared_by_tile_count(tmp_path, photos, tiny_surrogate):
     assert large.seconds > 3 * small.seconds
     assert small.seconds + large.seconds <= summary.seconds
     assert "share, by tile count" in summary.to_dict()["totals"]["seconds_per_image_means"]
+
+
+def test_auto_runs_the_encoder_attack_on_latent_models_and_eudp_on_pixel_models(tmp_path, photo_folder, tiny_surrogate):
+    """The default method is chosen per model (protect.settings.AUTO_METHODS); outputs and summary record the one that ran."""
+    from shared_core.protect import make_objective
+    from shared_core.surrogates import load_surrogate
+
+    assert ProtectSettings().method == "auto"
+    image = photo_folder / "photo2.png"
+    latent = protect_files([image], tmp_path / "latent", tiny_surrogate, ProtectSettings(steps=2))
+    pixel = protect_files([image], tmp_path / "pixel", load_surrogate("builtin:tiny-pixel", "cpu"), ProtectSettings(steps=2))
+    for summary, method in ((latent, "encoder"), (pixel, "eudp")):
+        assert summary.settings["method"] == method and read_provenance(summary.outcomes[0].output)["method"] == method
+    with pytest.raises(ValueError, match="resolve it"):
+        make_objective("auto")
