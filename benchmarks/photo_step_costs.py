@@ -53,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     crops, captions, _ = photo_crops(64, 64, seed=41, subjects=BASE_SUBJECTS)
-    owner, _, _ = photo_crops(32, 64, seed=5, subjects={OWNER_SUBJECT: "cat"})
+    owner, _, _ = photo_crops(32, 64, seed=5, subjects=OWNER_SUBJECT)
     figures = {}
     for name, widths in (("autoencoder_32_64_64_64", (32, 64, 64, 64)), ("autoencoder_16_32_32_32", (16, 32, 32, 32))):
         vae = tiny_sd_pipeline(TinyLatentConfig(resolution=64, vae_channels=widths)).vae
