@@ -67,7 +67,10 @@ class ProtectWorker:
         self.surrogate = source.load()
 
     def describe(self) -> dict:
-        return {**self.surrogate.describe(), "native_resolution": self.surrogate.native_resolution, "size_multiple": self.surrogate.size_multiple}
+        return self.surrogate.describe()
+
+    def size_multiple(self) -> int:
+        return self.surrogate.size_multiple
 
     def protect(self, images: list[np.ndarray], masks: list[np.ndarray | None], settings: ProtectSettings) -> tuple[ProtectedImages | str, float]:
         """The shard's result, or the engine's error as text (a failed optimisation is not a worker death)."""
@@ -113,17 +116,17 @@ class RayExecutor:
         self.source = source
         self.actor_class = self.ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker)(ProtectWorker)
         self.actors = [self._new_actor() for _ in range(self.workers)]
-        self.model = self.ray.get(self.actors[0].describe.remote())
+        self.model, self.size_multiple = self.ray.get([self.actors[0].describe.remote(), self.actors[0].size_multiple.remote()])
 
     def _new_actor(self):
         return self.actor_class.remote(self.source, self.cpus_per_worker)
 
     def describe(self) -> dict:
-        return {key: value for key, value in self.model.items() if key != "size_multiple"}
+        return self.model
 
     def tile_count(self, height: int, width: int, settings: ProtectSettings) -> int:
         edge = settings.tile_size or self.model["native_resolution"]
-        return len(tile_layout(height, width, edge, self.model["size_multiple"]))
+        return len(tile_layout(height, width, edge, self.size_multiple))
 
     def run(self, chunks: Iterable[list], settings: ProtectSettings, progress: Progress | None) -> Iterator[tuple[list, object, float]]:
         """Shards out to idle actors, one each; results back as they finish (the next shard is out before this one is written)."""
@@ -138,7 +141,10 @@ class RayExecutor:
                 out[actor.protect.remote([c.loaded.rgb for c in chunk], [c.mask for c in chunk], settings)] = (chunk, actor, attempt)
 
         try:
-            while send_to_idle_actors() or out:
+            while True:
+                send_to_idle_actors()
+                if not out:
+                    return
                 (done,), _ = ray.wait(list(out), num_returns=1)
                 chunk, actor, attempt = out.pop(done)
                 try:
