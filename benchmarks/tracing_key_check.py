@@ -32,7 +32,7 @@ from shared_core.bench import tracing
 from shared_core.bench.artefact import write_artefact
 from shared_core.bench.efficacy import read_runs
 from shared_core.errors import SettingsError
-from shared_core.trace.detect import rank_templates
+from shared_core.trace.pool_check import rank_templates
 
 SHOWN = 16  # generations per row pair in the figure
 

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha
 from ..images import OUTPUT_FORMATS, SUFFIX_FORMATS, encode_image, load_image, square
 from ..optout import OptOut, apply_optout
 from .compose import compose
-from .detect import POOL_CHECK_SIZE, PoolCheck, pool_check, rank_templates
+from .pool_check import POOL_CHECK_SIZE, PoolCheck, pool_check, rank_templates
 from .key import TraceKey, random_trigger
 from .templates import Template, builtin_template
 
@@ -221,6 +222,147 @@ def _check_places(dataset_dir: Path, out_dir: Path, key_path: Path) -> None:
         raise SettingsError(f"the output folder {out_dir} exists and is not a folder")
 
 
+@dataclass
+class _Survey:
+    """The source folder, read once: what marking chooses from, and what the copy must carry."""
+
+    files: list[tuple[Path, Path]]  # every image file (path, path relative to the dataset)
+    readable: list[tuple[Path, Path]]  # those that decode fully
+    skipped: list[tuple[str, str]]  # (file, reason) left out of the copy
+    thumbnails: list[np.ndarray]  # small centre crops of the readable images, for the pool check
+    captions: dict[str, str]
+    metadata: dict[str, dict]
+
+    def __post_init__(self):
+        self._stems = Counter(path.with_suffix("") for path, _ in self.files)
+        self._rels = {rel for _, rel in self.files}
+
+    def output_rel(self, rel: Path) -> Path:
+        """Where an image goes in the copy when it is templated (formats Pillow cannot write become PNG)."""
+        return rel if rel.suffix.lower() in SUFFIX_FORMATS else rel.with_suffix(".png")
+
+    def can_template(self, path: Path, rel: Path) -> bool:
+        """Not when it shares its caption sidecar (a.png + a.jpg -> a.txt: the trigger would leak onto the other
+        image), nor when its PNG name is taken by another image."""
+        renamed = self.output_rel(rel)
+        return self._stems[path.with_suffix("")] == 1 and (renamed == rel or renamed not in self._rels)
+
+    def unreadable(self) -> set[Path]:
+        return {Path(p) for p, _ in self.skipped}
+
+
+def _survey(dataset_dir: Path, check_pool: bool) -> _Survey:
+    files = list(iter_image_files([dataset_dir]))
+    if not files:
+        raise InputFileError(dataset_dir, "the dataset folder contains no images")
+    skipped, readable, thumbnails = [], [], []
+    for path, rel in files:
+        try:
+            loaded = load_image(path)  # a full decode: a truncated file's header alone reads fine
+        except InputFileError as exc:
+            skipped.append((str(path), exc.problem))
+        else:
+            readable.append((path, rel))
+            if check_pool:
+                thumbnails.append(square(loaded.rgb, POOL_CHECK_SIZE))
+    if not readable:
+        raise InputFileError(dataset_dir, f"none of the {len(files)} image files could be read")
+    return _Survey(files, readable, skipped, thumbnails, read_captions(dataset_dir), read_metadata_jsonl(dataset_dir))
+
+
+def _previous_key(key_path: Path, template: Template, seed: int, rate: float) -> TraceKey | None:
+    """An earlier run's key for the same template, seed and rate: a re-run keeps its trigger (and date)."""
+    try:
+        previous = TraceKey.load(key_path) if key_path.is_file() else None
+    except InputFileError:
+        return None
+    same = previous is not None and previous.template_sha256 == template.sha256 and previous.seed == seed and previous.rate == rate
+    return previous if same else None
+
+
+def _pool_advice(result: MarkResult, survey: _Survey, template: Template, seed: int) -> None:
+    """When the template's detector is not distinctive against the dataset: the images it resembles, and better built-ins."""
+    checked = result.pool_check
+    if checked is not None and not checked.distinctive:
+        result.lookalikes = [survey.readable[i][1].as_posix() for i in checked.highest]
+        result.better_templates = [c for c in rank_templates(survey.thumbnails, seed) if c.distinctive and c.template != template.name][:3]
+
+
+def _write_templated(survey: _Survey, template: Template, trigger: str, *, rate: float, seed: int, out_dir: Path,
+                     optout: OptOut | None, tick: Callable[[], None]) -> dict[Path, dict]:  # fmt: skip
+    """Template the chosen images into the copy; their key entries, by source path."""
+    wanted = marked_count(len(survey.readable), rate)
+    marked: dict[Path, dict] = {}
+    for index in marking_order(len(survey.readable), rate, seed):
+        if len(marked) == wanted:
+            break
+        path, rel = survey.readable[index]
+        if not survey.can_template(path, rel):
+            continue
+        try:
+            loaded = load_image(path)
+        except InputFileError as exc:
+            survey.skipped.append((str(path), exc.problem))
+            continue
+        target = survey.output_rel(rel)
+        fmt = SUFFIX_FORMATS.get(target.suffix.lower(), "png")
+        data = encode_image(compose(loaded.rgb, template), fmt, quality=95)
+        if optout:
+            data = apply_optout(data, fmt, optout)
+        atomic_write_bytes(out_dir / target, data)
+        marked[path] = {
+            "source": rel.as_posix(),
+            "output": target.as_posix(),
+            "source_sha256": sha256_file(path),
+            "output_sha256": sha256_bytes(data),
+            "caption": triggered_caption(trigger, survey.captions.get(rel.as_posix())),
+        }
+        tick()
+    return marked
+
+
+def _write_rest(survey: _Survey, marked: dict[Path, dict], dataset_dir: Path, out_dir: Path, optout: OptOut | None,
+                tick: Callable[[], None]) -> int:  # fmt: skip
+    """Copy the other images and files, write every caption sidecar and metadata.jsonl; the number of files written."""
+    unreadable, jsonl_lines, n_files = survey.unreadable(), [], len(marked)
+    for path, rel in survey.files:
+        entry = marked.get(path)
+        if entry is None:
+            if path not in unreadable:
+                if problem := _copy_with_optout(path, out_dir / rel, optout):
+                    survey.skipped.append((str(path), problem))
+                n_files += 1
+            tick()
+        if path in unreadable:
+            continue
+        out_rel = Path(entry["output"]) if entry else rel
+        caption = entry["caption"] if entry else survey.captions.get(rel.as_posix(), "")
+        atomic_write_text((out_dir / out_rel).with_suffix(".txt"), caption + "\n")
+        source_sidecar = _sidecar(path)
+        if source_sidecar is not None and source_sidecar.suffix != ".txt":
+            atomic_write_text((out_dir / out_rel).with_suffix(source_sidecar.suffix), caption + "\n")
+            n_files += 1
+        row = {k: v for k, v in survey.metadata.get(rel.as_posix(), {}).items() if k not in ("file_name", "text")}
+        if "caption" in row:
+            row["caption"] = caption
+        jsonl_lines.append(json.dumps({"file_name": out_rel.as_posix(), "text": caption, **row}, ensure_ascii=False))
+        n_files += 1
+
+    # other files travel along (licences, notes); image sidecars and metadata.jsonl files are
+    # rewritten above, and those of images left out stay out with them
+    sidecars = {path.with_suffix(suffix) for path, _ in survey.files for suffix in SIDECAR_SUFFIXES}
+    image_paths = {path for path, _ in survey.files}
+    for path in sorted(dataset_dir.rglob("*")):
+        rel = path.relative_to(dataset_dir)
+        if (not path.is_file() or path in image_paths or path in sidecars or path.name in CAPTION_FILES
+                or any(part.startswith(".") for part in rel.parts)):  # fmt: skip
+            continue
+        _copy_atomic(path, out_dir / rel)
+        n_files += 1
+    atomic_write_text(out_dir / "metadata.jsonl", "\n".join(jsonl_lines) + "\n")
+    return n_files + 1
+
+
 def mark_dataset(
     dataset_dir: str | Path,
     out_dir: str | Path,
@@ -251,137 +393,27 @@ def mark_dataset(
     key_path = Path(key_path) if key_path else out_dir.parent / f"{out_dir.name}.trace-key.json"
     _check_places(dataset_dir, out_dir, key_path)
     template = builtin_template(template, seed=seed) if isinstance(template, str) else template
-    previous = None
-    if key_path.is_file():
-        try:
-            previous = TraceKey.load(key_path)  # a re-run keeps the trigger (and date) of the earlier run
-        except InputFileError:
-            previous = None
-        if previous and not (previous.template_sha256 == template.sha256 and previous.seed == seed and previous.rate == rate):
-            previous = None
+    previous = _previous_key(key_path, template, seed, rate)
     if trigger is None and previous is not None:
         trigger = previous.trigger
     trigger = check_trigger(trigger or random_trigger())
 
-    files = list(iter_image_files([dataset_dir]))
-    if not files:
-        raise InputFileError(dataset_dir, "the dataset folder contains no images")
-    skipped: list[tuple[str, str]] = []
-    readable: list[tuple[Path, Path]] = []
-    thumbnails: list[np.ndarray] = []  # small centre crops for the pool check
-    for path, rel in files:
-        try:
-            loaded = load_image(path)  # a full decode: a truncated file's header alone reads fine
-        except InputFileError as exc:
-            skipped.append((str(path), exc.problem))
-        else:
-            readable.append((path, rel))
-            if check_pool:
-                thumbnails.append(square(loaded.rgb, POOL_CHECK_SIZE))
-    if not readable:
-        raise InputFileError(dataset_dir, f"none of the {len(files)} image files could be read")
-    checked = pool_check(template, thumbnails) if check_pool else None
+    survey = _survey(dataset_dir, check_pool)
+    key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(survey.readable))
+    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(survey.readable), skipped=survey.skipped,
+                        pool_check=pool_check(template, survey.thumbnails) if check_pool else None)  # fmt: skip
+    _pool_advice(result, survey, template, seed)
+    done = iter(range(1, len(survey.files) + 1))
+    tick = (lambda: progress(next(done), len(survey.files))) if progress else (lambda: None)  # noqa: E731
 
-    metadata = read_metadata_jsonl(dataset_dir)
-    captions = read_captions(dataset_dir)
-    # an image sharing its caption sidecar with another (a.png + a.jpg -> a.txt) is never templated:
-    # the triggered caption would leak onto the other image
-    stems: dict[Path, int] = {}
-    for path, _ in files:
-        stems[path.with_suffix("")] = stems.get(path.with_suffix(""), 0) + 1
-    existing = {rel for _, rel in files}
-
-    def output_rel(rel: Path) -> Path:
-        return rel if rel.suffix.lower() in SUFFIX_FORMATS else rel.with_suffix(".png")
-
-    def can_template(path: Path, rel: Path) -> bool:
-        renamed = output_rel(rel)
-        return stems[path.with_suffix("")] == 1 and (renamed == rel or renamed not in existing)
-
-    wanted = marked_count(len(readable), rate)
-    key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(readable))
-    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(readable), skipped=skipped, pool_check=checked)
-    if checked is not None and not checked.distinctive:
-        result.lookalikes = [readable[i][1].as_posix() for i in checked.highest]
-        result.better_templates = [c for c in rank_templates(thumbnails, seed) if c.distinctive and c.template != template.name][:3]
-    total, done = len(files), 0
-
-    marked: dict[Path, dict] = {}
-    for index in marking_order(len(readable), rate, seed):
-        if len(marked) == wanted:
-            break
-        path, rel = readable[index]
-        if not can_template(path, rel):
-            continue
-        try:
-            loaded = load_image(path)
-        except InputFileError as exc:
-            skipped.append((str(path), exc.problem))
-            continue
-        target = output_rel(rel)
-        fmt = SUFFIX_FORMATS.get(target.suffix.lower(), "png")
-        data = encode_image(compose(loaded.rgb, template), fmt, quality=95)
-        if optout:
-            data = apply_optout(data, fmt, optout)
-        atomic_write_bytes(out_dir / target, data)
-        marked[path] = {
-            "source": rel.as_posix(),
-            "output": target.as_posix(),
-            "source_sha256": sha256_file(path),
-            "output_sha256": sha256_bytes(data),
-            "caption": triggered_caption(trigger, captions.get(rel.as_posix())),
-        }
-        done += 1
-        if progress:
-            progress(done, total)
+    marked = _write_templated(survey, template, trigger, rate=rate, seed=seed, out_dir=out_dir, optout=optout, tick=tick)
     if not marked:
         raise InputFileError(dataset_dir, "none of the images chosen for marking could be read")
-    unreadable = {Path(p) for p, _ in skipped}
-    readable = [(p, r) for p, r in readable if p not in unreadable]  # a full decode may have failed
-
-    jsonl_lines, n_files = [], len(marked)
-    for path, rel in files:
-        entry = marked.get(path)
-        if entry is None:
-            if path not in unreadable:
-                if problem := _copy_with_optout(path, out_dir / rel, optout):
-                    skipped.append((str(path), problem))
-                n_files += 1
-            done += 1
-            if progress:
-                progress(done, total)
-        if path in unreadable:
-            continue
-        out_rel = Path(entry["output"]) if entry else rel
-        caption = entry["caption"] if entry else captions.get(rel.as_posix(), "")
-        atomic_write_text((out_dir / out_rel).with_suffix(".txt"), caption + "\n")
-        source_sidecar = _sidecar(path)
-        if source_sidecar is not None and source_sidecar.suffix != ".txt":
-            atomic_write_text((out_dir / out_rel).with_suffix(source_sidecar.suffix), caption + "\n")
-            n_files += 1
-        row = {k: v for k, v in metadata.get(rel.as_posix(), {}).items() if k not in ("file_name", "text")}
-        if "caption" in row:
-            row["caption"] = caption
-        jsonl_lines.append(json.dumps({"file_name": out_rel.as_posix(), "text": caption, **row}, ensure_ascii=False))
-        n_files += 1
-
-    # other files travel along (licences, notes); image sidecars and metadata.jsonl files are
-    # rewritten above, and those of images left out stay out with them
-    sidecars = {path.with_suffix(suffix) for path, _ in files for suffix in SIDECAR_SUFFIXES}
-    image_paths = {path for path, _ in files}
-    for path in sorted(dataset_dir.rglob("*")):
-        rel = path.relative_to(dataset_dir)
-        if (not path.is_file() or path in image_paths or path in sidecars or path.name in CAPTION_FILES
-                or any(part.startswith(".") for part in rel.parts)):  # fmt: skip
-            continue
-        _copy_atomic(path, out_dir / rel)
-        n_files += 1
-    atomic_write_text(out_dir / "metadata.jsonl", "\n".join(jsonl_lines) + "\n")
-    key.marked = [marked[path] for path, _ in files if path in marked]
-    key.dataset_size = result.n_images = len(readable)
+    unreadable = survey.unreadable()  # a full decode of a chosen image may have failed too
+    key.dataset_size = result.n_images = len([path for path, _ in survey.readable if path not in unreadable])
+    result.n_files = _write_rest(survey, marked, dataset_dir, out_dir, optout, tick)
+    key.marked = result.marked = [marked[path] for path, _ in survey.files if path in marked]
     if previous is not None and previous.trigger == trigger and previous.marked == key.marked:
         key.created_utc = previous.created_utc  # same marking: the same key, byte for byte
-    result.marked = key.marked
-    result.n_files = n_files + 1
     key.save(key_path)
     return result

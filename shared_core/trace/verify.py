@@ -312,12 +312,49 @@ def verify_keys(
     seeds = [seed + i for i in range(n)]
     arms = {name: _Arm(key, detectors[name]) for name, key in keys.items()}
     with_base = control_generate is not None
+    count = _Count(n * (1 + len(keys) * (2 if with_base else 1)), progress)
+    images = _paired_rounds(arms, generate, control_generate, prompts, seeds, batch_size=batch_size, sequential=sequential,
+                            alpha=alpha, count=count)  # fmt: skip
+    paired_flags = holm_adjust([arm.final_p for arm in arms.values()]) < alpha
+    flagged = [name for name, paired in zip(arms, paired_flags) if placebo_every_key or paired] if placebos > 0 else []
+    triggers = {arm.key.trigger for arm in arms.values()}
+    placebo_arms = {name: placebo_tokens(arms[name].key.trigger, placebos, seed, exclude=triggers) for name in flagged}
+    count.total = count.done + sum(len(tokens) * len(arms[name].trigger) for name, tokens in placebo_arms.items())
+    for name, tokens in placebo_arms.items():  # a key's own placebos: each shares no character position with its trigger
+        for index, token in enumerate(tokens, 1):
+            images[f"placebo:{name}:{index}"] = _generate_in_batches(generate, token, prompts[: len(arms[name].trigger)], seeds, batch_size, count)
+    count.finish()
+    return _results(arms, prompts, seeds, n, with_base, alpha, placebo_arms, images), images
+
+
+@dataclass
+class _Count:
+    """Generations done out of `total`, reported to `progress`."""
+
+    total: int
+    progress: Callable[[int, int], None] | None
+    done: int = 0
+
+    def add(self, k: int) -> None:
+        self.done += k
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.progress:
+            self.progress(self.total, self.total)
+
+
+def _paired_rounds(arms: dict[str, _Arm], generate: Generate, control_generate: Generate | None, prompts: list[str], seeds: list[int],
+                   *, batch_size: int, sequential: bool, alpha: float, count: _Count) -> dict[str, list[np.ndarray]]:  # fmt: skip
+    """Generate and score the paired arms batch by batch (control shared; trigger and, with the base model, base per key),
+    settling keys as soon as no remaining outcome can change their verdict. Returns the images by arm."""
+    n, with_base = len(prompts), control_generate is not None
     images: dict[str, list[np.ndarray]] = {"control": []}
-    for name in keys:
+    for name in arms:
         images[f"trigger:{name}"] = []
         if with_base:
             images[f"base:{name}"] = []
-    total, done = n * (1 + len(keys) * (2 if with_base else 1)), 0
     for start in range(0, n, batch_size):
         active = [name for name, arm in arms.items() if arm.final_p is None]
         if not active:
@@ -325,7 +362,7 @@ def verify_keys(
         batch_prompts, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
         control = generate(batch_prompts, batch_seeds)
         images["control"] += control
-        done += len(control)
+        count.done += len(control)
         for name in active:
             arm = arms[name]
             triggered = [f"{arm.key.trigger} {p}" for p in batch_prompts]
@@ -334,33 +371,24 @@ def verify_keys(
                 batch["base"] = control_generate(triggered, batch_seeds)
                 images[f"base:{name}"] += batch["base"]
             images[f"trigger:{name}"] += batch["trigger"]
-            done += len(batch_seeds) * (len(batch) - 1)
             for which, arm_images in batch.items():
                 scores = arm.detector.score(arm_images)
                 arm.scores[which] += scores.round(4).tolist()
                 getattr(arm, which).extend(bool(s > arm.detector.threshold) for s in scores)
-            if progress:
-                progress(done, total)
+            count.add(len(batch_seeds) * (len(batch) - 1))
         if sequential or start + batch_size >= n:
             _settle(arms, n, with_base, alpha)
-    paired_flags = holm_adjust([arm.final_p for arm in arms.values()]) < alpha
-    flagged = [name for name, paired in zip(arms, paired_flags) if placebo_every_key or paired] if placebos > 0 else []
-    triggers = {arm.key.trigger for arm in arms.values()}
-    placebo_arms = {name: placebo_tokens(arms[name].key.trigger, placebos, seed, exclude=triggers) for name in flagged}
-    total = done + sum(len(tokens) * len(arms[name].trigger) for name, tokens in placebo_arms.items())
-    for name, tokens in placebo_arms.items():  # a key's own placebos: each shares no character position with its trigger
-        pairs = len(arms[name].trigger)
-        for index, token in enumerate(tokens, 1):
-            arm_images = images[f"placebo:{name}:{index}"] = []
-            for start in range(0, pairs, batch_size):
-                stop = min(start + batch_size, pairs)
-                arm_images += generate([f"{token} {p}" for p in prompts[start:stop]], seeds[start:stop])
-                done += stop - start
-                if progress:
-                    progress(done, total)
-    if progress:
-        progress(total, total)
-    return _results(arms, prompts, seeds, n, with_base, alpha, placebo_arms, images), images
+    return images
+
+
+def _generate_in_batches(generate: Generate, token: str, prompts: list[str], seeds: list[int], batch_size: int, count: _Count) -> list[np.ndarray]:
+    """`token prompt` for each prompt, with the prompt's seed (a placebo arm: as many pairs as its key's trigger arm had)."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch_size):
+        stop = min(start + batch_size, len(prompts))
+        out += generate([f"{token} {p}" for p in prompts[start:stop]], seeds[start:stop])
+        count.add(stop - start)
+    return out
 
 
 def _settle(arms: dict[str, _Arm], n_max: int, with_base: bool, alpha: float) -> None:

@@ -405,22 +405,18 @@ def run_verify(
     progress: ProgressFn | None = None,
 ) -> VerifyView:
     """Ask a suspect model (optionally with a LoRA) for each key's template; verdicts, images, one HTML report."""
-    from PIL import Image
-
     from ..files import sha256_file
     from ..trace.detect import build_detector
     from ..trace.key import load_keys
     from ..trace.report import write_report
-    from ..trace.verify import EVIDENCE, verify_keys
+    from ..trace.verify import verify_keys
 
-    typed = [Path(line.strip()).expanduser() for line in (key_path or "").splitlines() if line.strip()]
-    given = [hooks.readable(path, "key file") for path in typed] or uploaded_paths(key_file)
+    given = _given_paths(hooks, key_path, key_file, "key file")
     if not given:
         raise SettingsError("upload the key files written by Mark, or give their paths")
     loaded, skipped = load_keys(given)
     keys = {name: key for name, (key, _) in loaded.items()}
-    loras = [Path(lora_path.strip()).expanduser()] if lora_path and lora_path.strip() else uploaded_paths(lora_file)
-    lora = hooks.readable(loras[0], "LoRA file") if loras else None
+    lora = next(iter(_given_paths(hooks, (lora_path or "").strip(), lora_file, "LoRA file")[:1]), None)
     if lora is not None and not lora.is_file() and hooks.host == "standalone":  # a web UI also knows LoRAs by name
         raise SettingsError(f"LoRA file not found: {lora}")
     model = model_source(hooks, model)
@@ -457,25 +453,46 @@ def run_verify(
         model_info["key_sha256"] = {name: sha256_file(path) for name, (_, path) in loaded.items()}
         key_files = {name: str(path) for name, (_, path) in loaded.items()}
         html_path = write_report(verification, out_dir, images=images, model_info=model_info, key_paths=key_files)
-        gallery = []
-        shown = [("control", verification.results[0].control_scores, verification.results[0].detector["threshold"])]
-        shown += [(f"trigger:{r.key_name}", r.trigger_scores, r.detector["threshold"]) for r in verification.results]
-        for arm, scores, threshold in shown:
-            for index, (image, score) in enumerate(list(zip(images[arm], scores))[: 8 if len(shown) == 2 else 4]):
-                path = out_dir / "images" / f"{arm.replace(':', '-')}-{index:02d}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(path)
-                gallery.append((str(path), f"{arm} {score:.2f}{' HIT' if score > threshold else ''}"))
-        several = len(keys) > 1
-        flagged = sum(r.verdict == EVIDENCE for r in verification.results)
-        status = ([f"**{flagged} of {len(keys)} keys flagged**", f"```\n{verification.summary()}\n```"] if several
-                  else [f"**{verification.results[0].verdict.upper()}**", verification.summary().replace("\n", "  \n")])  # fmt: skip
-        status += [f"Skipped `{path}`: {reason}" for path, reason in skipped]
-        status.append(f"Report: `{html_path}`" + ("; each key's own report (with its trigger) is under `keys/`" if several else ""))
-        return VerifyView(status="\n\n".join(status), gallery=gallery, downloads=[str(html_path), str(out_dir / "report.json")],
-                          result=verification.to_dict(reveal_triggers=not several))
+        return VerifyView(status=_verify_status(verification, skipped, html_path), gallery=_verify_gallery(verification, images, out_dir),
+                          downloads=[str(html_path), str(out_dir / "report.json")], result=verification.to_dict(reveal_triggers=len(keys) == 1))
 
     return hooks.run_exclusive(work)
+
+
+def _given_paths(hooks: UIHooks, typed: str, uploaded: Any, what: str) -> list[Path]:
+    """The paths typed one per line, else the uploaded files; each through the allow-list."""
+    lines = [Path(line.strip()).expanduser() for line in (typed or "").splitlines() if line.strip()]
+    return [hooks.readable(path, what) for path in lines or uploaded_paths(uploaded)]
+
+
+def _verify_gallery(verification, images: dict[str, list], out_dir: Path) -> list[tuple[str, str]]:
+    """The first control and trigger images (8 each for one key, 4 for several), saved and captioned with their scores."""
+    from PIL import Image
+
+    shown = [("control", verification.results[0].control_scores, verification.results[0].detector["threshold"])]
+    shown += [(f"trigger:{r.key_name}", r.trigger_scores, r.detector["threshold"]) for r in verification.results]
+    gallery = []
+    for arm, scores, threshold in shown:
+        for index, (image, score) in enumerate(list(zip(images[arm], scores))[: 8 if len(shown) == 2 else 4]):
+            path = out_dir / "images" / f"{arm.replace(':', '-')}-{index:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+            gallery.append((str(path), f"{arm} {score:.2f}{' HIT' if score > threshold else ''}"))
+    return gallery
+
+
+def _verify_status(verification, skipped: list[tuple[Path, str]], html_path: Path) -> str:
+    from ..trace.verify import EVIDENCE
+
+    results = verification.results
+    if len(results) > 1:
+        flagged = sum(r.verdict == EVIDENCE for r in results)
+        status = [f"**{flagged} of {len(results)} keys flagged**", f"```\n{verification.summary()}\n```"]
+    else:
+        status = [f"**{results[0].verdict.upper()}**", verification.summary().replace("\n", "  \n")]
+    status += [f"Skipped `{path}`: {reason}" for path, reason in skipped]
+    status.append(f"Report: `{html_path}`" + ("; each key's own report (with its trigger) is under `keys/`" if len(results) > 1 else ""))
+    return "\n\n".join(status)
 
 
 @dataclass

@@ -122,7 +122,7 @@ def test_detector_variants_are_compared_on_the_kept_generations_without_retraini
     from shared_core.bench.datasets import photo_crops
     from shared_core.bench.tracing import variant_detector, victim_keys
     from shared_core.errors import SettingsError
-    from shared_core.trace.detect import synthetic_positives
+    from shared_core.trace.synthesis import synthetic_positives
 
     plan = TracingPlan(name="test", images=40, rates=(0.0, 0.05), victims=1, epochs=1, n=24, calibration_images=60)
     photos, _, _ = photo_crops(48, plan.size, seed=5)

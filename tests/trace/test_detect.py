@@ -16,7 +16,8 @@ from PIL import Image, ImageFilter
 
 from shared_core.errors import InputFileError, SettingsError
 from shared_core.trace.compose import compose
-from shared_core.trace.detect import CALIBRATION_PHOTOS, CNNDetector, Detector, TemplateMatcher, build_detector, random_crops
+from shared_core.trace.detect import CNNDetector, Detector, TemplateMatcher, build_detector
+from shared_core.trace.synthesis import CALIBRATION_PHOTOS, random_crops
 from shared_core.trace.key import TraceKey
 from shared_core.trace.templates import builtin_template, list_templates
 

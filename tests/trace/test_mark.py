@@ -14,7 +14,7 @@ from shared_core.cli import main
 from shared_core.errors import InputFileError, SettingsError
 from shared_core.images import load_image
 from shared_core.trace.compose import compose
-from shared_core.trace.detect import pool_check, rank_templates
+from shared_core.trace.pool_check import pool_check, rank_templates
 from shared_core.trace.key import TraceKey, random_trigger
 from shared_core.trace.mark import mark_dataset, mark_images, read_captions
 from shared_core.trace.templates import builtin_template, load_template
