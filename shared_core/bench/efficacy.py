@@ -70,6 +70,7 @@ class Condition:
     countermeasure: str | None = None  # applied by the victim before training
     transfer: bool = False  # crafted on a surrogate that differs from the one the victim starts from
     steps: int | None = None  # PGD steps; None = the plan's protect_steps
+    shard: int | None = None  # crafted in shards of this many images, as `protect --ray` does: an inner state sees only its shard
 
     @property
     def label(self) -> str:
@@ -82,6 +83,8 @@ class Condition:
             name += f" b{self.budget:g}"
         if self.steps:
             name += f" s{self.steps}"
+        if self.shard:
+            name += f" shard{self.shard}"
         if self.countermeasure:
             name += f" +{self.countermeasure}"
         if self.transfer:
@@ -176,8 +179,9 @@ class Plan:
 
 
 #: the photo fine-tune (mimicry) plan's blocks, in the order they run: (a) the answer first, LoRA victims of clean, noise and
-#: the default; (b) every other method on LoRA; (c) full fine-tuning; (d) the method search on LoRA (SEARCH below); (e) budgets,
-#: transfer and countermeasures for the default, noise and the strongest peer of (b) (PEER below)
+#: the default; (b) every other method on LoRA; (c) full fine-tuning; (d) the method search on LoRA (SEARCH below); (e) budgets
+#: and countermeasures for the default, noise and the strongest peer of (b) (PEER below); (f) EUDP crafted in Ray-sized shards
+#: (SHARDED); (g) transfer, crafted on the other base model
 MIMICRY_METHODS = [ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX]
 #: block (d): no method of (b) came near the 30 % goal at the plan's 40 PGD steps, so the search tries the product's own
 #: 100 steps (the default's), a surrogate state trained 4x longer between PGD rounds (EUDP), and for the strongest peer
@@ -194,11 +198,14 @@ PEER = ENCODER
 #: what `ProtectSettings()` runs, per setting kind (protect.settings.AUTO_METHODS), as `meta.default_method` names it
 DEFAULT_METHOD = {"latent models (fine-tune settings)": ENCODER.label, "pixel models (from-scratch settings)": EUDP.label}
 PHOTO_COUNTERMEASURES = ("jpeg75", "downscale", "purify")
-_MIMICRY_EXTRAS = _grid([], sweep=[NOISE, EUDP, PEER], budgets=(4.0, 16.0), transferred=[EUDP, PEER], countered=[CLEAN, NOISE, EUDP, PEER],
+_MIMICRY_EXTRAS = _grid([], sweep=[NOISE, EUDP, PEER], budgets=(4.0, 16.0), countered=[CLEAN, NOISE, EUDP, PEER],
                         countermeasures=PHOTO_COUNTERMEASURES)  # fmt: skip
+#: block (f), for `protect --ray --shard-size`: EUDP's inner state trained on shards of 8 and 4 of the 32 images instead of all of them
+SHARDED = [replace(EUDP, shard=8), replace(EUDP, shard=4)]
 MIMICRY_ORDER = (*[("lora", c) for c in (CLEAN, NOISE, EUDP)], *[("lora", c) for c in MIMICRY_METHODS],
                  *[("full", c) for c in (CLEAN, NOISE, EUDP, *MIMICRY_METHODS)], *[("lora", c) for c in SEARCH],
-                 *[(mode, c) for c in _MIMICRY_EXTRAS for mode in ("lora", "full")])  # fmt: skip
+                 *[(mode, c) for c in _MIMICRY_EXTRAS for mode in ("lora", "full")], *[("lora", c) for c in SHARDED],
+                 *[(mode, replace(c, transfer=True)) for c in (EUDP, PEER) for mode in ("lora", "full")])  # fmt: skip
 
 FULL = Plan(
     name="full",
@@ -315,7 +322,8 @@ def prepare(condition: Condition, images: list[np.ndarray], surrogate, *, steps:
         else:
             settings = ProtectSettings(method=condition.method, budget=condition.budget, steps=steps, prompt=prompt,
                                        timesteps=condition.timesteps, method_options=dict(condition.options), batch_size=64, seed=seed)  # fmt: skip
-            prepared = protect_arrays(surrogate, images, settings)
+            shard = condition.shard or len(images)
+            prepared = [out for start in range(0, len(images), shard) for out in protect_arrays(surrogate, images[start : start + shard], settings)]
     return prepared, {"seconds_per_image": (time.perf_counter() - start) / len(images), "peak_extra_mib": memory.extra_mib}
 
 

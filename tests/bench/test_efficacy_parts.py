@@ -27,9 +27,10 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
             labels = [c.label for c in conditions]
             assert len(labels) == len(set(labels)) and "clean" in labels
     assert len(FULL.seeds) >= 3
-    from shared_core.bench.efficacy import SEARCH
+    from shared_core.bench.efficacy import SEARCH, SHARDED
 
-    assert {c.label for c in FULL.lora_conditions} <= {c.label for c in (*FULL.finetune_conditions, *SEARCH)}  # the search is LoRA only
+    # the search and the Ray shard sizes are LoRA only
+    assert {c.label for c in FULL.lora_conditions} <= {c.label for c in (*FULL.finetune_conditions, *SEARCH, *SHARDED)}
     budgets = {c.budget for c in FULL.finetune_conditions if c.method == "noise"}
     assert budgets == {4.0, 8.0, 16.0}
     assert {c.countermeasure for c in FULL.finetune_conditions} >= {None, "jpeg75", "downscale", "purify"}
@@ -177,3 +178,23 @@ def test_photo_settings_craft_train_and_score_with_tiny_steps(tmp_path):
     scratch = PhotoScratchSetting(plan)
     scores, samples = scratch.victim(scratch.craft(NOISE, 0)[0], 0)
     assert np.isfinite(scores["heldout_loss"]) and samples[0].shape == (32, 32, 3)
+
+
+def test_a_sharded_condition_crafts_each_shard_as_its_own_set(monkeypatch):
+    """`shard=N` protects N images per call, as `protect --ray --shard-size N` does, and keeps the set's order."""
+    from shared_core.bench import efficacy
+
+    calls = []
+
+    def protect_arrays(surrogate, images, settings):
+        calls.append(len(images))
+        return [image + 1 for image in images]
+
+    monkeypatch.setattr(efficacy, "protect_arrays", protect_arrays)
+    images = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
+    sharded = efficacy.replace(efficacy.EUDP, shard=2)
+    prepared, _ = efficacy.prepare(sharded, images, surrogate=None, steps=1, seed=0)
+    assert calls == [2, 2, 1] and [int(p[0, 0, 0]) for p in prepared] == [1, 2, 3, 4, 5]
+    calls.clear()
+    efficacy.prepare(efficacy.EUDP, images, surrogate=None, steps=1, seed=0)
+    assert calls == [5] and sharded.label == efficacy.EUDP.label + " shard2"
