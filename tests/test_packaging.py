@@ -103,3 +103,25 @@ def test_the_torchvision_fallback_notice_is_dropped_and_other_transformers_messa
 
     assert not passes("`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
     assert passes("Could not import module 'CLIPTextModel'")
+
+
+def test_install_bounds_diffusers_and_peft_on_automatic1111s_transformers(tmp_path, monkeypatch):
+    """A1111 v1.10.1 pins transformers 4.30.2: the newest diffusers and peft declare they fit it but fail to import
+    beside it, so install.py must ask pip for the releases that do (diffusers<0.32, peft<0.14), and only there."""
+    install = load_by_path(ROOT / "install.py", "unlearnable_install")
+    from importlib import metadata
+
+    real_version = metadata.version
+    host = {"transformers": "4.30.2"}
+    monkeypatch.setattr(install.metadata, "version", lambda name: host.get(name) or real_version(name))
+    assert install.host_limits() == ["diffusers<0.32", "peft<0.14"]
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("surely-not-installed-package==1.0\n")
+    constraints = []
+    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=lambda args, desc: constraints.extend(
+        Path(args.split(" -c ", 1)[1].strip('"')).read_text().splitlines())))
+    install.main(requirements)
+    assert {"diffusers<0.32", "peft<0.14"} <= set(constraints)
+    for newer in ("4.36.0", "4.46.3", "5.25.0"):  # Forge's and current transformers: no bound
+        host["transformers"] = newer
+        assert install.host_limits() == []

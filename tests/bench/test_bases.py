@@ -80,7 +80,8 @@ def test_the_committed_bases_load_with_their_hashes_checked(recipe):
 def test_a_rerun_of_one_committed_victim_reproduces_its_logged_heldout_loss():
     """The committed base, the owner's crops and the LoRA victim's training are deterministic: the clean seed-0 LoRA
     victim, trained again here, explains the held-out crops exactly as the committed run logged."""
-    from shared_core.bench.efficacy import FULL, PhotoFinetuneSetting
+    from shared_core.bench.plans import FULL
+    from shared_core.bench.settings import PhotoFinetuneSetting
 
     logged = json.loads((COMMITTED.parent / "results-photo" / "results.json").read_text())
     run = next(r for r in logged["runs"] if r["id"] == "PhotoFinetuneSetting/lora/clean/seed0")

@@ -7,16 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from shared_core.bench.efficacy import (
-    FULL,
-    QUICK,
-    Condition,
-    RunLog,
-    countermeasure,
-    planned_run_ids,
-    protection_run_id,
-    uniform_noise,
-)
+from shared_core.bench.efficacy import RunLog, planned_run_ids, protection_run_id
+from shared_core.bench.plans import FULL, QUICK, Condition
+from shared_core.bench.settings import countermeasure, uniform_noise
 from shared_core.bench.report import write_results
 from tests.conftest import real_photo
 
@@ -27,7 +20,7 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
             labels = [c.label for c in conditions]
             assert len(labels) == len(set(labels)) and "clean" in labels
     assert len(FULL.seeds) >= 3
-    from shared_core.bench.efficacy import SEARCH, SHARDED
+    from shared_core.bench.plans import SEARCH, SHARDED
 
     # the search and the Ray shard sizes are LoRA only
     assert {c.label for c in FULL.lora_conditions} <= {c.label for c in (*FULL.finetune_conditions, *SEARCH, *SHARDED)}
@@ -39,7 +32,7 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
 
 def test_the_mimicry_plan_answers_first_and_names_the_shipped_default():
     """Block (a), LoRA victims of clean, noise and the default, runs first; then every method on LoRA; then full fine-tuning."""
-    from shared_core.bench.efficacy import EUDP, MIMICRY_METHODS, SEARCH
+    from shared_core.bench.plans import EUDP, MIMICRY_METHODS, SEARCH
     from shared_core.protect import ProtectSettings
     from shared_core.protect.objectives import OBJECTIVES
 
@@ -50,7 +43,7 @@ def test_the_mimicry_plan_answers_first_and_names_the_shipped_default():
     search = order.index(("lora", SEARCH[0].label))
     assert {mode for mode, _ in order[3 + len(MIMICRY_METHODS) : search]} == {"full"}  # block (c) before the search (d)
     assert order[search : search + len(SEARCH)] == [("lora", c.label) for c in SEARCH]
-    from shared_core.bench.efficacy import DEFAULT_METHOD, ENCODER
+    from shared_core.bench.plans import DEFAULT_METHOD, ENCODER
 
     defaults = ProtectSettings()
     pixel, latent = defaults.for_model(latent=False), defaults.for_model(latent=True)
@@ -156,7 +149,8 @@ def test_photo_settings_craft_train_and_score_with_tiny_steps(tmp_path):
     from dataclasses import replace
 
     from shared_core.bench.bases import PHOTO_BASE, PHOTO_TRANSFER
-    from shared_core.bench.efficacy import MIST, NOISE, PhotoFinetuneSetting, PhotoScratchSetting
+    from shared_core.bench.plans import MIST, NOISE
+    from shared_core.bench.settings import PhotoFinetuneSetting, PhotoScratchSetting
 
     tiny = {"autoencoder_images": 24, "autoencoder_steps": 2, "base_images": 24, "base_steps": 2}
     bases = (replace(PHOTO_BASE, **tiny), replace(PHOTO_TRANSFER, **tiny))
@@ -182,7 +176,7 @@ def test_photo_settings_craft_train_and_score_with_tiny_steps(tmp_path):
 
 def test_a_sharded_condition_crafts_each_shard_as_its_own_set(monkeypatch):
     """`shard=N` protects N images per call, as `protect --ray --shard-size N` does, and keeps the set's order."""
-    from shared_core.bench import efficacy
+    from shared_core.bench import plans, settings
 
     calls = []
 
@@ -190,11 +184,11 @@ def test_a_sharded_condition_crafts_each_shard_as_its_own_set(monkeypatch):
         calls.append(len(images))
         return [image + 1 for image in images]
 
-    monkeypatch.setattr(efficacy, "protect_arrays", protect_arrays)
+    monkeypatch.setattr(settings, "protect_arrays", protect_arrays)
     images = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
-    sharded = efficacy.replace(efficacy.EUDP, shard=2)
-    prepared, _ = efficacy.prepare(sharded, images, surrogate=None, steps=1, seed=0)
+    sharded = plans.replace(plans.EUDP, shard=2)
+    prepared, _ = settings.prepare(sharded, images, surrogate=None, steps=1, seed=0)
     assert calls == [2, 2, 1] and [int(p[0, 0, 0]) for p in prepared] == [1, 2, 3, 4, 5]
     calls.clear()
-    efficacy.prepare(efficacy.EUDP, images, surrogate=None, steps=1, seed=0)
-    assert calls == [5] and sharded.label == efficacy.EUDP.label + " shard2"
+    settings.prepare(plans.EUDP, images, surrogate=None, steps=1, seed=0)
+    assert calls == [5] and sharded.label == plans.EUDP.label + " shard2"

@@ -137,7 +137,7 @@ def test_report_renders_in_chromium(report):
 @pytest.mark.slow
 def test_sdxl_layout_trains_and_reports(tmp_path):
     """SDXL's two frozen text encoders, pooled embedding and time ids go through the trainer, the loss and generation."""
-    from shared_core.bench.efficacy import uniform_noise
+    from shared_core.bench.settings import uniform_noise
     from shared_core.mimicry import MimicrySettings, check_protection
     from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sdxl_pipeline
 
