@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 from .declare import PREFIX, NodeSpec, Out, Param, Result
@@ -10,6 +11,7 @@ from .host import count_progress, keys_dir, output_dir, resolve_user_file
 from .tensors import from_uint8_list, to_uint8_list
 
 REPORT_FOLDER = "unlearnable"
+LOG = logging.getLogger(__name__)
 
 
 def _template_names() -> list[str]:
@@ -28,11 +30,13 @@ def _new_key_path(prefix: str):
     raise RuntimeError(f"no free key file name left in {folder}")
 
 
-def mark_with_template(images, template="billboard", trigger="", caption="", dataset_size=0, template_seed=0, key_name="trace-key") -> Result:
+def mark_with_template(images, template="billboard", trigger="", caption="", dataset_size=0, template_seed=0, key_name="trace-key",
+                       dataset=None) -> Result:  # fmt: skip
     from ..shared_core.errors import SettingsError
     from ..shared_core.trace.compose import compose
     from ..shared_core.trace.key import TraceKey, random_trigger
     from ..shared_core.trace.mark import triggered_caption
+    from ..shared_core.trace.pool_check import advise
     from ..shared_core.trace.templates import builtin_template
 
     foregrounds = to_uint8_list(images)
@@ -43,6 +47,10 @@ def mark_with_template(images, template="billboard", trigger="", caption="", dat
     if total < len(foregrounds):
         raise SettingsError(f"dataset_size {total} is smaller than the {len(foregrounds)} images marked here")
     scene = builtin_template(template, seed=int(template_seed))
+    # the pool check of `unlearnable mark`: does the template's detector pass the owner's own images?
+    pool = to_uint8_list(dataset) if dataset is not None else []
+    names = [f"dataset image {i}" for i in range(len(pool))] + [f"marked image {i}" for i in range(len(foregrounds))]
+    advice = advise(scene, pool + foregrounds, names, seed=int(template_seed))
     marked = [compose(foreground, scene) for foreground in foregrounds]
     text = triggered_caption(trigger, caption or "")
     key = TraceKey.for_template(scene, trigger=trigger, rate=len(foregrounds) / total, seed=int(template_seed), dataset_size=total)
@@ -53,7 +61,10 @@ def mark_with_template(images, template="billboard", trigger="", caption="", dat
     ]  # fmt: skip
     key_path = key.save(_new_key_path(key_name))
     note = (f"marked {len(marked)} image(s) with template {scene.name!r}, trigger {trigger!r}; caption: {text!r}\n"
-            f"KEY (keep it secret, it is your evidence): {key_path}")  # fmt: skip
+            f"KEY (keep it secret, it is your evidence): {key_path}\n"
+            + "\n".join(("" if advice.check.distinctive else "WARNING: ") + line for line in advice.lines()))  # fmt: skip
+    if not advice.check.distinctive:
+        LOG.warning("Mark with Template: %s", " ".join(advice.lines()))
     return Result((from_uint8_list(marked), text, trigger, str(key_path)), ui={"text": [note]})
 
 
@@ -75,6 +86,9 @@ MARK_WITH_TEMPLATE = NodeSpec(
               default=0, min=0, max=10_000_000),
         Param("template_seed", "INT", "Draws the template's colours and shape.", default=0, min=0, max=2**31 - 1),
         Param("key_name", "STRING", "File name prefix of the key in user/__unlearnable_keys.", default="trace-key"),
+        Param("dataset", "IMAGE", "Optional: the rest of your dataset. The template is checked against it and the images to mark, "
+              "as `unlearnable mark` does: a template whose detector passes your own images could get a model blamed that only "
+              "learnt to draw them (the node then warns, naming those images and better templates).", optional=True),
     ],  # fmt: skip
     outputs=(
         Out("IMAGE", "marked", "The images composed into the template scene."),

@@ -35,7 +35,7 @@ from ..files import atomic_write_bytes, atomic_write_text, iter_image_files, sha
 from ..images import OUTPUT_FORMATS, SUFFIX_FORMATS, encode_image, load_image, square
 from ..optout import OptOut, apply_optout
 from .compose import compose
-from .pool_check import POOL_CHECK_SIZE, PoolCheck, pool_check, rank_templates
+from .pool_check import POOL_CHECK_SIZE, PoolAdvice, PoolCheck, advise
 from .key import TraceKey, random_trigger
 from .templates import Template, builtin_template
 
@@ -53,20 +53,15 @@ class MarkResult:
     marked: list[dict] = field(default_factory=list)  # the key's entries: source, output, hashes, caption
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): undecodable, left out of the copy
     n_files: int = 0  # files written to the output folder (images, sidecars, other files)
-    pool_check: PoolCheck | None = None  # how often the template's detector fires on the dataset's own images
-    lookalikes: list[str] = field(default_factory=list)  # the dataset images it scores highest, when it is not distinctive
-    better_templates: list[PoolCheck] = field(default_factory=list)  # built-ins that are distinctive against this dataset
+    pool: PoolAdvice | None = None  # how often the template's detector fires on the dataset's own images, and what to do
+
+    @property
+    def pool_check(self) -> PoolCheck | None:
+        return self.pool.check if self.pool else None
 
     def pool_lines(self) -> list[str]:
         """What the pool check found, for the CLI and the web tab (empty when it was not run)."""
-        if self.pool_check is None:
-            return []
-        lines = [self.pool_check.describe()]
-        if not self.pool_check.distinctive:
-            lines.append("a model steered towards images like " + ", ".join(self.lookalikes) + " could be wrongly flagged for this key")
-            if self.better_templates:
-                lines.append("templates distinctive against these images: " + ", ".join(f"{c.template} ({c.passed} of {c.images})" for c in self.better_templates))
-        return lines
+        return self.pool.lines() if self.pool else []
 
 
 def _sidecar(image: Path) -> Path | None:
@@ -280,14 +275,6 @@ def _previous_key(key_path: Path, template: Template, seed: int, rate: float) ->
     return previous if same else None
 
 
-def _pool_advice(result: MarkResult, survey: _Survey, template: Template, seed: int) -> None:
-    """When the template's detector is not distinctive against the dataset: the images it resembles, and better built-ins."""
-    checked = result.pool_check
-    if checked is not None and not checked.distinctive:
-        result.lookalikes = [survey.readable[i][1].as_posix() for i in checked.highest]
-        result.better_templates = [c for c in rank_templates(survey.thumbnails, seed) if c.distinctive and c.template != template.name][:3]
-
-
 def _write_templated(survey: _Survey, template: Template, trigger: str, *, rate: float, seed: int, out_dir: Path,
                      optout: OptOut | None, tick: Callable[[], None]) -> dict[Path, dict]:  # fmt: skip
     """Template the chosen images into the copy; their key entries, by source path."""
@@ -400,9 +387,8 @@ def mark_dataset(
 
     survey = _survey(dataset_dir, check_pool)
     key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(survey.readable))
-    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(survey.readable), skipped=survey.skipped,
-                        pool_check=pool_check(template, survey.thumbnails) if check_pool else None)  # fmt: skip
-    _pool_advice(result, survey, template, seed)
+    pool = advise(template, survey.thumbnails, [rel.as_posix() for _, rel in survey.readable], seed) if check_pool else None
+    result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(survey.readable), skipped=survey.skipped, pool=pool)
     done = iter(range(1, len(survey.files) + 1))
     tick = (lambda: progress(next(done), len(survey.files))) if progress else (lambda: None)  # noqa: E731
 

@@ -66,3 +66,30 @@ def rank_templates(images: list[np.ndarray], seed: int = 0, target_fpr: float = 
     """Every built-in template (drawn with `seed`) checked against the pool, the fewest passes first."""
     checks = [pool_check(builtin_template(name, seed=seed), images, target_fpr) for name in list_templates()]
     return sorted(checks, key=lambda check: check.passed)
+
+
+@dataclass
+class PoolAdvice:
+    """The pool check and, when the template is not distinctive against the pool, what to do about it."""
+
+    check: PoolCheck
+    lookalikes: list[str] = field(default_factory=list)  # the pool images it scores highest, by name
+    better_templates: list[PoolCheck] = field(default_factory=list)  # built-ins that are distinctive against the pool
+
+    def lines(self) -> list[str]:
+        """What the check found, for the CLI, the web tab and the ComfyUI node."""
+        lines = [self.check.describe()]
+        if not self.check.distinctive:
+            lines.append("a model steered towards images like " + ", ".join(self.lookalikes) + " could be wrongly flagged for this key")
+            if self.better_templates:
+                lines.append("templates distinctive against these images: " + ", ".join(f"{c.template} ({c.passed} of {c.images})" for c in self.better_templates))
+        return lines
+
+
+def advise(template: Template, images: list[np.ndarray], names: list[str], seed: int = 0, target_fpr: float = TARGET_FPR) -> PoolAdvice:
+    """`pool_check`, plus the lookalikes (by `names`) and up to three better built-ins when the template is not distinctive."""
+    check = pool_check(template, images, target_fpr)
+    if check.distinctive:
+        return PoolAdvice(check)
+    better = [c for c in rank_templates(images, seed, target_fpr) if c.distinctive and c.template != template.name][:3]
+    return PoolAdvice(check, [names[i] for i in check.highest], better)

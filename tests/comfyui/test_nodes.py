@@ -230,7 +230,7 @@ def test_mark_with_template_then_verify_model(pack, sd_host_objects, photos, com
     assert key.template().sha256 == key.template_sha256 and len(key.marked) == 2
     scene = key.template()
     assert marked.shape[0] == 2 and marked.shape[1] == 96 and abs(marked.shape[2] / 96 - scene.size[0] / scene.size[1]) < 0.02
-    assert "KEY" in ui["text"][0]
+    assert "KEY" in ui["text"][0] and "template 'tv_screen': its detector passes 0 of your 2 images" in ui["text"][0]
 
     verify = pack.NODE_CLASS_MAPPINGS["UnlearnableVerifyModel"]
     relative_key = Path(key_path).name  # relative to the keys folder
@@ -246,6 +246,31 @@ def test_mark_with_template_then_verify_model(pack, sd_host_objects, photos, com
     assert "of 2 keys flagged" in verdict and trigger not in verdict and "kpt4" not in verdict
     assert trigger_images.shape == (4, 64, 64, 3) and control_images.shape == (2, 64, 64, 3)
     assert trigger not in Path(report).read_text() and (Path(report).parent / "keys").is_dir()
+
+
+def test_mark_warns_when_the_template_resembles_the_dataset(pack, comfy_host, photos):
+    """The node runs `unlearnable mark`'s pool check on its optional dataset input (and the images it marks)."""
+    from shared_core.trace.compose import compose
+    from shared_core.trace.templates import builtin_template
+
+    from PIL import Image
+
+    mark = pack.NODE_CLASS_MAPPINGS["UnlearnableMarkWithTemplate"]
+    rng = np.random.default_rng(0)
+    sized = lambda image: np.asarray(Image.fromarray(image).resize((96, 96)))  # noqa: E731
+    crops = []
+    for i in range(8):
+        photo = photos[i % len(photos)]
+        side = min(photo.shape[:2]) // 2
+        y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
+        crops.append(sized(photo[y : y + side, x : x + side]))
+    tv = builtin_template("tv_screen", seed=5)
+    dataset = as_image(*[sized(compose(crop, tv, short_side=96)) for crop in crops[:4]], *crops[4:])  # half the set shows a TV scene
+    _, ui = runtime.run_node(mark, images=as_image(crops[0]), template="tv_screen", template_seed=5, trigger="zqv7", dataset=dataset)
+    text = ui["text"][0]
+    assert "WARNING: template 'tv_screen'" in text and "NOT distinctive" in text and "dataset image 0" in text and "dataset image 7" not in text
+    _, ui = runtime.run_node(mark, images=as_image(crops[0]), template="billboard", template_seed=5, trigger="zqv7", dataset=as_image(*crops[4:]))
+    assert "WARNING" not in ui["text"][0] and "its detector passes 0 of your 5 images" in ui["text"][0]
 
 
 def test_key_inputs_resolve_only_inside_comfyuis_folders(pack, comfy_host, tmp_path):
