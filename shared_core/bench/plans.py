@@ -135,8 +135,8 @@ class Plan:
 
 #: the photo fine-tune (mimicry) plan's blocks, in the order they run: (a) the answer first, LoRA victims of clean, noise and
 #: the default; (b) every other method on LoRA; (c) full fine-tuning; (d) the method search on LoRA (SEARCH below); (e) budgets
-#: and countermeasures for the default, noise and the strongest peer of (b) (PEER below); (f) EUDP crafted in Ray-sized shards
-#: (SHARDED); (g) transfer, crafted on the other base model
+#: and countermeasures for the default, noise and EUDP (the strongest peer of (b), PEER below, is the default); (f) EUDP crafted
+#: in Ray-sized shards (SHARDED); (g) transfer, crafted on the other base model
 MIMICRY_METHODS = [ADVDM, ENCODER, MIST, ASPL, UDP_MIN, UDP_MAX]
 #: block (d): no method of (b) came near the 30 % goal at the plan's 40 PGD steps, so the search tries the product's own
 #: 100 steps (the default's), a surrogate state trained 4x longer between PGD rounds (EUDP), and for the strongest peer
@@ -153,13 +153,20 @@ PEER = ENCODER
 #: what `ProtectSettings()` runs, per setting kind (protect.settings.AUTO_METHODS), as `meta.default_method` names it
 DEFAULT_METHOD = {"latent models (fine-tune settings)": ENCODER.label, "pixel models (from-scratch settings)": EUDP.label}
 PHOTO_COUNTERMEASURES = ("jpeg75", "downscale", "purify")
-_MIMICRY_EXTRAS = _grid([], sweep=[NOISE, EUDP, PEER], budgets=(4.0, 16.0), countered=[CLEAN, NOISE, EUDP, PEER],
-                        countermeasures=PHOTO_COUNTERMEASURES)  # fmt: skip
+_MIMICRY_BUDGETS = _grid([], sweep=[NOISE, EUDP, PEER], budgets=(4.0, 16.0))
 #: block (f), for `protect --ray --shard-size`: EUDP's inner state trained on shards of 8 and 4 of the 32 images instead of all of them
 SHARDED = [replace(EUDP, shard=8), replace(EUDP, shard=4)]
+
+
+def _countered(*conditions: Condition) -> list[Condition]:
+    return _grid([], countered=list(conditions), countermeasures=PHOTO_COUNTERMEASURES)
+
+
+#: (e) runs the default's (PEER's) countermeasures before the shard sizes (f), then noise's and EUDP's, then transfer (g)
 MIMICRY_ORDER = (*[("lora", c) for c in (CLEAN, NOISE, EUDP)], *[("lora", c) for c in MIMICRY_METHODS],
                  *[("full", c) for c in (CLEAN, NOISE, EUDP, *MIMICRY_METHODS)], *[("lora", c) for c in SEARCH],
-                 *[(mode, c) for c in _MIMICRY_EXTRAS for mode in ("lora", "full")], *[("lora", c) for c in SHARDED],
+                 *[(mode, c) for c in (*_MIMICRY_BUDGETS, *_countered(CLEAN, PEER)) for mode in ("lora", "full")],
+                 *[("lora", c) for c in SHARDED], *[(mode, c) for c in _countered(NOISE, EUDP) for mode in ("lora", "full")],
                  *[(mode, replace(c, transfer=True)) for c in (EUDP, PEER) for mode in ("lora", "full")])  # fmt: skip
 
 FULL = Plan(

@@ -391,6 +391,45 @@ def trace_workflows_check(server: ComfyServer) -> dict:
             "lora_report_trigger_line": next((line.strip() for line in report.splitlines() if "FOUND" in line), None)}  # fmt: skip
 
 
+def publish_workflow_check(server: ComfyServer) -> dict:
+    """The save-protected-image workflow (4 PGD steps): the saved file, its opt-out as read back from the file, its pixels' L-inf."""
+    from PIL import Image
+
+    from shared_core.optout import inspect_image
+
+    photo = photo_crop((64, 64))
+    Image.fromarray(photo).save(server.base / "input" / "to_publish.png")
+    workflow = load_workflow("save_protected_image.json")
+    set_widget(workflow, "CheckpointLoaderSimple", 0, CHECKPOINT)
+    set_widget(workflow, "LoadImage", 0, "to_publish.png")
+    set_widget(workflow, "UnlearnableProtectImage", 2, 4)  # steps
+    set_widget(workflow, "UnlearnableSaveProtectedImage", 5, "A. Painter")  # creator
+    outputs = server.run_prompt(workflow_to_prompt(workflow, server.get("/object_info")))
+    saved = [server.output_file(i) for out in outputs.values() for i in out.get("images", []) if i.get("type") == "output"]
+    inspection = inspect_image(saved[0])
+    protected = np.asarray(Image.open(saved[0]).convert("RGB"))
+    return {"saved": saved[0].name, "opted_out": inspection["opted_out"], "xmp": inspection["xmp"], "save_report": _texts(outputs, "9"),
+            "linf": int(np.abs(protected.astype(int) - photo.astype(int)).max())}  # fmt: skip
+
+
+def mimicry_workflow_check(server: ComfyServer) -> dict:
+    """The mimicry-test workflow on 4 photo crops with the built-in tiny model (2 PGD steps, 4 LoRA steps, 2 samples of 32 px)."""
+    from PIL import Image
+
+    folder = server.base / "input" / "my_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(4):
+        Image.fromarray(photo_crop((64, 64)) if index == 0 else np.roll(photo_crop((96, 96)), 17 * index, axis=1)[:64, :64]).save(folder / f"{index}.png")
+    workflow = load_workflow("mimicry_test.json")
+    # model, folder, method, budget, protect_steps, prompt, lora_steps, lr, rank, resolution, n, sample_steps
+    for index, value in ((0, "builtin:tiny"), (4, 2), (6, 4), (7, 3e-3), (9, 32), (10, 2), (11, 2)):
+        set_widget(workflow, "UnlearnableMimicryTest", index, value)
+    started = time.time()
+    outputs = server.run_prompt(workflow_to_prompt(workflow, server.get("/object_info")))
+    previews = {node: len(out.get("images", [])) for node, out in outputs.items() if out.get("images")}
+    return {"summary": _texts(outputs, "2"), "report": _texts(outputs, "6"), "previews": previews, "seconds": round(time.time() - started, 1)}
+
+
 def screenshot(server: ComfyServer, workflow: dict, target: Path, *, name: str, run: bool = False, size=(1600, 900)) -> None:
     """The ComfyUI page in headless Chromium with `workflow` loaded (and, with `run`, queued and finished)."""
     from playwright.sync_api import sync_playwright
@@ -431,7 +470,8 @@ def main(argv=None) -> int:
         write_suspect_lora(base / "models" / "loras" / LORA)
         server = stack.enter_context(ComfyServer(Path(args.comfyui), args.python, base))
         nodes = [name for name in server.get("/object_info") if name.startswith("Unlearnable")]
-        result = {"nodes": nodes, **protect_workflow_check(server), **trace_workflows_check(server)}
+        result = {"nodes": nodes, **protect_workflow_check(server), **trace_workflows_check(server), "publish": publish_workflow_check(server),
+                  "mimicry": mimicry_workflow_check(server)}  # fmt: skip
         if args.screenshot:
             screenshot(server, load_workflow("protect_an_image.json"), args.screenshot, name="protect_an_image")
         if args.screenshot_run:

@@ -44,12 +44,14 @@ def test_example_workflows_run_in_a_real_comfyui(tmp_path):
         assert "eudp" in json.dumps(ours["UnlearnableProtectImage"]["input"]["required"]["method"])
         templates = server.get("/workflow_templates")
         assert sorted(next(v for k, v in templates.items() if "unlearnable" in k)) == [
-            "inspect_a_lora", "mark_images_for_tracing", "protect_an_image", "verify_a_lora"]
+            "inspect_a_lora", "mark_images_for_tracing", "mimicry_test", "protect_an_image", "save_protected_image", "verify_a_lora"]
 
         protect = real.protect_workflow_check(server, steps=4, budget=8.0)
         trace = real.trace_workflows_check(server)
+        publish = real.publish_workflow_check(server)
+        mimicry = real.mimicry_workflow_check(server)
         log = server.log_text()
-    print(json.dumps({**protect, **trace}, indent=1))
+    print(json.dumps({**protect, **trace, "publish": publish, "mimicry": mimicry}, indent=1, default=str))
     assert "unet missing" not in log and "unet unexpected" not in log and "Missing VAE keys" not in log
     assert not any("unlearnable" in line and ("Cannot import" in line or "IMPORT FAILED" in line) for line in log.splitlines())
     assert protect["output_size"] == protect["input_size"] and 0 < protect["linf"] <= protect["budget"]
@@ -58,6 +60,10 @@ def test_example_workflows_run_in_a_real_comfyui(tmp_path):
     assert trace["verdict"].startswith("verdict: ") and "base model without the LoRA" in trace["verdict"]
     assert Path(trace["verdict"].rsplit("report: ", 1)[1]).is_file() and trace["verify_previews"] == 4
     assert trace["lora_report_trigger_line"].startswith(f"FOUND '{real.TRIGGER}'")
+    assert publish["opted_out"] and publish["xmp"]["creator"] == "A. Painter" and 0 < publish["linf"] <= 8
+    assert publish["saved"].startswith("protected_") and "opt-out" in publish["save_report"][0].lower()
+    assert "report: " in mimicry["summary"][0] and mimicry["report"][0].endswith("report.html") and Path(mimicry["report"][0]).is_file()
+    assert sorted(mimicry["previews"].values()) == [2, 2, 2]  # base, clean LoRA and protected LoRA samples
 
 
 @pytest.mark.parametrize(("unet_option", "weight_dtype"), [("--fp16-unet", "float16"), ("--fp32-unet", "float32")])
