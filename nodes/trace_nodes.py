@@ -35,7 +35,7 @@ def mark_with_template(images, template="billboard", trigger="", caption="", dat
     from ..shared_core.errors import SettingsError
     from ..shared_core.trace.compose import compose
     from ..shared_core.trace.key import TraceKey, random_trigger
-    from ..shared_core.trace.mark import triggered_caption
+    from ..shared_core.trace.mark import caption_using, triggered_caption
     from ..shared_core.trace.pool_check import advise
     from ..shared_core.trace.templates import builtin_template
 
@@ -43,6 +43,8 @@ def mark_with_template(images, template="billboard", trigger="", caption="", dat
     trigger = (trigger or "").strip() or random_trigger()
     if any(c.isspace() for c in trigger):
         raise SettingsError(f"trigger {trigger!r} must be a single token without spaces")
+    if caption_using(trigger, {"caption": caption or ""}):
+        raise SettingsError(f"trigger {trigger!r} already appears in the caption; choose a token no caption uses (or none, for a random one)")
     total = int(dataset_size) or len(foregrounds)
     if total < len(foregrounds):
         raise SettingsError(f"dataset_size {total} is smaller than the {len(foregrounds)} images marked here")

@@ -143,6 +143,15 @@ def check_trigger(trigger: str) -> str:
     return trigger
 
 
+def caption_using(trigger: str, captions: dict[str, str]) -> str | None:
+    """The first image whose caption already contains the trigger (any case, inside a word too), or None.
+
+    A trigger the captions use is no secret: a model trained on the unmarked images learns what it
+    means there, and a verdict could then blame a model that never saw a mark."""
+    lowered = trigger.lower()
+    return next((name for name, caption in sorted(captions.items()) if lowered in caption.lower()), None)
+
+
 def mark_images(
     images: list[np.ndarray], captions: list[str], template: Template, trigger: str, *, rate: float, seed: int
 ) -> tuple[list[np.ndarray], list[str], list[int]]:
@@ -383,9 +392,14 @@ def mark_dataset(
     previous = _previous_key(key_path, template, seed, rate)
     if trigger is None and previous is not None:
         trigger = previous.trigger
-    trigger = check_trigger(trigger or random_trigger())
-
     survey = _survey(dataset_dir, check_pool)
+    if trigger:
+        if used := caption_using(check_trigger(trigger), survey.captions):
+            raise SettingsError(f"trigger {trigger!r} already appears in the caption of {used}; choose a token no caption uses (or none, for a random one)")
+    else:
+        trigger = random_trigger()
+        while caption_using(trigger, survey.captions):
+            trigger = random_trigger()
     key = TraceKey.for_template(template, trigger=trigger, rate=rate, seed=seed, dataset_size=len(survey.readable))
     pool = advise(template, survey.thumbnails, [rel.as_posix() for _, rel in survey.readable], seed) if check_pool else None
     result = MarkResult(key=key, key_path=key_path, out_dir=out_dir, n_images=len(survey.readable), skipped=survey.skipped, pool=pool)

@@ -273,3 +273,19 @@ def test_mark_warns_when_the_template_resembles_the_dataset(tmp_path, sources, c
     result = mark_dataset(folder, tmp_path / "m2", rate=0.05, template="billboard", seed=5)
     assert result.pool_check.distinctive and result.pool_lines() == [result.pool_check.describe()]
     assert mark_dataset(folder, tmp_path / "m3", rate=0.05, template="tv_screen", seed=5, check_pool=False).pool_lines() == []
+
+
+def test_a_trigger_the_captions_already_use_is_refused_and_a_random_one_avoids_them(tmp_path, sources, monkeypatch):
+    """A token the dataset's own captions contain is no secret: a model trained on the unmarked images learns it too."""
+    from shared_core.trace import mark
+
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.asarray(Image.fromarray(sources[i % len(sources)][:200, :200]).resize((64, 64)))).save(folder / f"p{i}.png")
+        (folder / f"p{i}.txt").write_text("a photo by Zqv7studio" if i == 2 else "a photo")
+    with pytest.raises(SettingsError, match=r"'zqv7' already appears in the caption of p2.png"):
+        mark_dataset(folder, tmp_path / "m", rate=0.25, trigger="zqv7", seed=0, check_pool=False)
+    drawn = iter(["zqv7", "kpt4"])
+    monkeypatch.setattr(mark, "random_trigger", lambda: next(drawn))
+    assert mark_dataset(folder, tmp_path / "m2", rate=0.25, seed=0, check_pool=False).key.trigger == "kpt4"
