@@ -32,10 +32,22 @@ CHECKPOINT = "unlearnable-tiny-sd15.safetensors"
 #: flags per host: CPU only, no model download, no environment preparation, the HTTP API on
 FLAGS = {
     "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--use-cpu", "all",
-              "--no-half", "--no-download-sd-model", "--api"],
+              "--no-download-sd-model", "--api"],
     "forge": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--always-cpu",
               "--no-download-sd-model", "--api"],
 }
+#: A1111 on a CPU runs in fp32 (`--no-half`) unless a run asks for what it does on a GPU: `--no-half-vae` keeps only the
+#: VAE in fp32, so the UNet is held in fp16 (`model.half()`); Forge's own flag is `--unet-in-fp16`
+HALF_UNET = {"a1111": "--no-half-vae", "forge": "--unet-in-fp16"}
+
+
+def webui_flags(kind: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
+    flags = [*FLAGS[kind], *extra_flags]
+    if kind == "a1111" and HALF_UNET["a1111"] not in extra_flags:
+        flags.insert(flags.index("--use-cpu") + 2, "--no-half")
+    return flags
+
+
 #: what users leave out when they clone: nothing of it is needed inside the web UI
 NOT_INSTALLED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache")
 
@@ -77,6 +89,23 @@ def install_extension(root: Path, python: str, data_dir: Path) -> dict:
             "added": sorted(f"{name}=={after[name]}" for name in after.keys() - before.keys())}  # fmt: skip
 
 
+#: the tiny checkpoint's UNet (tests/comfyui/real_comfyui.py): SD 1.5's widths, two levels of one block each. A1111
+#: builds the UNet from a config, v1-inference.yaml unless `<checkpoint>.yaml` lies beside it (Forge reads the shapes)
+TINY_UNET = {"attention_resolutions": "[ 1 ]", "num_res_blocks": "1", "channel_mult": "[ 1, 1 ]"}
+
+
+def write_tiny_config(root: Path, target: Path) -> None:
+    """`<checkpoint>.yaml`: the web UI's own v1-inference.yaml with the tiny UNet's levels."""
+    lines = (Path(root) / "configs" / "v1-inference.yaml").read_text().splitlines()
+    section = None
+    for index, line in enumerate(lines):
+        key = line.strip().split(":", 1)[0]
+        section = key if key.endswith("_config") else section  # unet_config, first_stage_config (the VAE), ...
+        if section == "unet_config" and key in TINY_UNET:
+            lines[index] = f"{line[: len(line) - len(line.lstrip())]}{key}: {TINY_UNET[key]}"
+    target.write_text("\n".join(lines) + "\n")
+
+
 class WebUIServer:
     """`python launch.py` of a web UI checkout in a temporary data folder; stopped on exit."""
 
@@ -89,7 +118,7 @@ class WebUIServer:
         self.started_seconds: float | None = None
 
     def __enter__(self):
-        command = [self.python, "launch.py", *FLAGS[self.kind], *self.extra_flags, "--data-dir", str(self.data_dir), "--port", str(self.port),
+        command = [self.python, "launch.py", *webui_flags(self.kind, self.extra_flags), "--data-dir", str(self.data_dir), "--port", str(self.port),
                    "--ckpt", str(self.data_dir / "models" / "Stable-diffusion" / CHECKPOINT)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_CPU_THREADS": "2"}
         self._log = open(self.log_path, "w")
@@ -144,6 +173,15 @@ api = client.view_api(print_info=False, return_format="dict")
 # files, folder, model, model path, method (the default), budget, steps, robust, prompt, format, seed, batch, opt-out, creator, copyright, contact
 gallery, downloads, table, status = client.predict([upload], "", model, "", "eudp", budget, steps, [], "", "png", 0, 1, True, "", "", "",
                                                    api_name="/protect")
+if isinstance(table, str) and table.endswith(".json"):  # gradio_client 0.5 hands a Dataframe over as a JSON file
+    table = json.load(open(table))
+# gradio_client 0.5 (A1111's) saves a download the server sent gzip-encoded without decoding it
+for item in downloads or []:
+    path = item["path"] if isinstance(item, dict) else item
+    data = open(path, "rb").read()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+        open(path, "wb").write(gzip.decompress(data))
 print(json.dumps({"named_endpoints": sorted(api["named_endpoints"]), "downloads": downloads, "table": table, "status": status}))
 """
 
@@ -202,7 +240,10 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path, extra
     from PIL import Image
 
     comfy = load_comfy_helpers()
-    comfy.write_tiny_checkpoint(work / "models" / "Stable-diffusion" / CHECKPOINT)
+    checkpoint = work / "models" / "Stable-diffusion" / CHECKPOINT
+    comfy.write_tiny_checkpoint(checkpoint)
+    if kind == "a1111":
+        write_tiny_config(root, checkpoint.with_suffix(".yaml"))
     installed = install_extension(root, python, work)
     if installed["returncode"] != 0:
         raise RuntimeError(f"install.py failed:\n{installed['output']}")
@@ -210,7 +251,9 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path, extra
     Image.fromarray(comfy.photo_crop((64, 64))).save(image)
     report = {"host": kind, "install_py_seconds": installed["seconds"], "install_py_output": installed["output"].strip()[-500:],
               "host_packages_changed": installed["host_packages_changed"], "packages_added": installed["added"]}  # fmt: skip
-    report["flags"] = [*FLAGS[kind], *extra_flags]
+    report["flags"] = webui_flags(kind, extra_flags)
+    # the tab's outputs go to <data dir>/outputs (by default they go beside the web UI's own, in the checkout's outputs/)
+    (work / "config.json").write_text(json.dumps({"unlearnable_outdir": str(work / "outputs" / "unlearnable")}))
     with WebUIServer(kind, root, python, work, extra_flags) as server:
         report["start_seconds"] = server.started_seconds
         options = server.get("/sdapi/v1/options")
@@ -219,7 +262,10 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path, extra
         ids = {c.get("props", {}).get("elem_id") for c in config.get("components", [])}
         report["tab_elements"] = sorted(i for i in ids if i and i.startswith("unlearnable_"))
         report["settings_elements"] = sorted(i for i in ids if i and i.startswith("setting_unlearnable_"))
-        choices = next(c["props"]["choices"] for c in config["components"] if c.get("props", {}).get("elem_id") == "unlearnable_protect_model")
+        models = [c["props"]["choices"] for c in config["components"] if c.get("props", {}).get("elem_id") == "unlearnable_protect_model"]
+        if not models:
+            raise RuntimeError(f"{kind}: the Unlearnable tab did not load:\n{server.log_text()[-6000:]}")
+        choices = models[0]
         loaded = next(c[0] if isinstance(c, (list, tuple)) else c for c in choices)
         report["model_choice"] = loaded
         screenshot(server, shot)
@@ -236,6 +282,8 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path, extra
             report["protect"]["size_kept"] = protected.shape == original.shape
             report["protect"]["linf"] = int(np.abs(protected - original).max())
             report["steps_change"] = steps_change(server, image, loaded)
+            summary = max(work.rglob("protect-summary.json"), key=lambda path: path.stat().st_mtime)
+            report["surrogate"] = json.loads(summary.read_text())["model"]  # what the tab optimised on: host, denoiser dtype
         log = server.log_text()
     report["unet_dtypes"] = [line.strip() for line in log.splitlines() if line.startswith("K-Model Created")]  # Forge: storage and computation dtype
     report["log_errors"] = [line for line in log.splitlines() if ("Error" in line or "Traceback" in line) and "unlearnable" in line.lower()]

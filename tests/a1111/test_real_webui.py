@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 HOSTS = {"a1111": ("A1111_ROOT", "A1111_PYTHON"), "forge": ("FORGE_ROOT", "FORGE_PYTHON")}
 
 
-#: the web UI's own precision flags: Forge can hold the UNet in fp16 as GPU users run it, also on a CPU
-RUNS = [("a1111", ()), ("forge", ()), ("forge", ("--unet-in-fp16",))]
+#: the web UI's own precision flags hold the UNet in fp16 as GPU users run it, also on a CPU (real_webui.HALF_UNET)
+RUNS = [("a1111", ()), ("a1111", ("--no-half-vae",)), ("forge", ()), ("forge", ("--unet-in-fp16",))]
 
 
-@pytest.mark.parametrize(("kind", "extra_flags"), RUNS, ids=["a1111", "forge", "forge-fp16-unet"])
+@pytest.mark.parametrize(("kind", "extra_flags"), RUNS, ids=["a1111", "a1111-fp16-unet", "forge", "forge-fp16-unet"])
 def test_tab_loads_and_protects_inside_the_real_webui(kind, extra_flags, tmp_path):
     root_var, python_var = HOSTS[kind]
     root = os.environ.get(root_var)
@@ -52,3 +52,5 @@ def test_tab_loads_and_protects_inside_the_real_webui(kind, extra_flags, tmp_pat
     assert "Demo model" not in protect["status"] and "1 protected" in protect["status"]
     assert (tmp_path / f"{kind}-tab.png").stat().st_size > 20_000
     assert report["steps_change"]["differ_fraction"] > 0.5, report["steps_change"]  # 8 PGD steps give another image than 1
+    half = real.HALF_UNET[kind] in extra_flags
+    assert report["surrogate"]["host"] == kind and report["surrogate"]["denoiser_dtype"] == ("float16" if half else "float32"), report["surrogate"]

@@ -463,6 +463,7 @@ def main(argv=None) -> int:
     parser.add_argument("--screenshot", type=Path, help="PNG of the page with the protect workflow as shipped")
     parser.add_argument("--screenshot-run", type=Path, help="PNG of the page after running the protect workflow on a photo")
     parser.add_argument("--run-steps", type=int, default=10, help="Protect Image steps for --screenshot-run")
+    parser.add_argument("--json", type=Path, help="also write the result with provenance here (e.g. benchmarks/hosts/comfyui-cpu.json)")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         base = Path(args.base) if args.base else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="comfy-base-")))
@@ -480,7 +481,18 @@ def main(argv=None) -> int:
             set_widget(workflow, "LoadImage", 0, "astronaut_crop.png")
             set_widget(workflow, "UnlearnableProtectImage", 2, args.run_steps)
             screenshot(server, workflow, args.screenshot_run, name="protect_an_image", run=True)
-        print(json.dumps(result))
+        print(json.dumps(result, default=str))
+    if args.json:
+        sys.path.insert(0, str(ROOT))
+        from shared_core.bench.artefact import write_artefact
+
+        result["comfyui_commit"] = subprocess.run(["git", "-C", args.comfyui, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+        versions = subprocess.run([args.python, "-c", "import json, torch, numpy, PIL, transformers; print(json.dumps({'torch': torch.__version__, "
+                                   "'numpy': numpy.__version__, 'pillow': PIL.__version__, 'transformers': transformers.__version__}))"],
+                                  capture_output=True, text=True).stdout  # fmt: skip
+        result["comfyui_python_versions"] = json.loads(versions or "{}")
+        write_artefact(args.json, "python tests/comfyui/real_comfyui.py --comfyui COMFYUI_ROOT --python COMFYUI_PYTHON --json " + str(args.json), "cpu",
+                       json.loads(json.dumps(result, default=str)))  # fmt: skip
     return 0
 
 
