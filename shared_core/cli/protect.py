@@ -43,82 +43,69 @@ def cmd_protect(args) -> int:
     Outputs keep each input's size, alpha and ICC profile; originals are never modified; a re-run
     skips outputs already made with the same settings.
     """
-    from ..optout import optout_line
-    from ..protect import ProtectSettings, protect_files
+    from ..protect import protect_files
     from ..protect.folder import SUMMARY_NAME
-    from ..surrogates import load_surrogate
 
-    settings = ProtectSettings(
-        method=args.method,
-        budget=args.budget,
-        steps=args.steps,
-        step_size=args.step_size,
-        prompt=args.prompt,
-        timesteps=args.timesteps,
-        t_min=args.t_range[0],
-        t_max=args.t_range[1],
-        robust=tuple(r for r in args.robust.split(",") if r) if args.robust else (),
-        noise_samples=args.noise_samples,
-        method_options=dict(args.set or []),
-        batch_size=args.batch_size,
-        tile_size=args.tile_size,
-        low_memory=args.low_memory,
-        seed=args.seed,
-    )
-    optout = optout_from(args)
-    surrogate, executor, images_per_call = None, None, None
-    if args.ray:
-        from ..protect.ray_executor import ModelSource, RayExecutor
-
-        source = ModelSource(args.model, args.device, config_dir=args.config, dtype=args.dtype)
-        executor = RayExecutor(source, args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
-        images_per_call = args.shard_size
-        print(f"Ray: {executor.workers} worker(s), {executor.gpus_per_worker:g} GPU and {executor.cpus_per_worker} CPU core(s) each, "
-              f"shards of {args.shard_size} images; this machine reads the inputs and writes the outputs", file=sys.stderr)  # fmt: skip
-    else:
-        surrogate = load_surrogate(args.model, args.device, config_dir=args.config, dtype=args.dtype)
+    surrogate, executor = _model_or_workers(args)
     if (executor.model["demo_only"] if executor else surrogate.demo_only):
         print(
             f"warning: {args.model} is an untrained demo model: the output shows what protection does, "
             "but does not protect against real Stable Diffusion. Use --model with an SD checkpoint.",
             file=sys.stderr,
         )
-    summary = protect_files(
-        args.inputs,
-        args.out,
-        surrogate,
-        settings,
-        fmt=args.format,
-        quality=args.quality,
-        mask=args.mask,
-        progress_factory=tqdm_factory(not args.no_progress, "tile-step"),
-        optout=optout,
-        executor=executor,
-        images_per_call=images_per_call,
-    )
+    summary = protect_files(args.inputs, args.out, surrogate, _settings(args), fmt=args.format, quality=args.quality, mask=args.mask,
+                            progress_factory=tqdm_factory(not args.no_progress, "tile-step"), optout=optout_from(args), executor=executor,
+                            images_per_call=args.shard_size if executor else None)  # fmt: skip
     report = summary.to_dict()
     atomic_write_text(Path(args.out) / SUMMARY_NAME, json.dumps(report, indent=2))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for outcome in summary.outcomes:
-            if outcome.status == "protected":
-                notes = f"  ({'; '.join(outcome.notes)})" if outcome.notes else ""
-                print(
-                    f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}  "
-                    f"objective {outcome.objective_first:.4f} -> {outcome.objective_last:.4f}{notes}"
-                )
-            elif outcome.status == "skipped":
-                print(f"skipped    {outcome.output}  (already protected with these settings)")
-        print(optout_line(report["optout"]))
-        totals = report["totals"]
-        print(
-            f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
-            f"in {totals['seconds']:.1f} s; summary: {Path(args.out) / SUMMARY_NAME}"
-        )
+        _print_outcomes(summary, report, Path(args.out) / SUMMARY_NAME)
     for outcome in summary.failed:
         print(f"error: {outcome.source}: {outcome.error}", file=sys.stderr)
     return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def _settings(args):
+    from ..protect import ProtectSettings
+
+    return ProtectSettings(method=args.method, budget=args.budget, steps=args.steps, step_size=args.step_size, prompt=args.prompt,
+                           timesteps=args.timesteps, t_min=args.t_range[0], t_max=args.t_range[1],
+                           robust=tuple(r for r in args.robust.split(",") if r) if args.robust else (), noise_samples=args.noise_samples,
+                           method_options=dict(args.set or []), batch_size=args.batch_size, tile_size=args.tile_size,
+                           low_memory=args.low_memory, seed=args.seed)  # fmt: skip
+
+
+def _model_or_workers(args):
+    """(surrogate, None) for a local run; (None, RayExecutor) with --ray, whose workers each load the model."""
+    if not args.ray:
+        from ..surrogates import load_surrogate
+
+        return load_surrogate(args.model, args.device, config_dir=args.config, dtype=args.dtype), None
+    from ..protect.ray_executor import ModelSource, RayExecutor
+
+    source = ModelSource(args.model, args.device, config_dir=args.config, dtype=args.dtype)
+    executor = RayExecutor(source, args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+    print(f"Ray: {executor.workers} worker(s), {executor.gpus_per_worker:g} GPU and {executor.cpus_per_worker} CPU core(s) each, "
+          f"shards of {args.shard_size} images; this machine reads the inputs and writes the outputs", file=sys.stderr)  # fmt: skip
+    return None, executor
+
+
+def _print_outcomes(summary, report: dict, summary_path: Path) -> None:
+    from ..optout import optout_line
+
+    for outcome in summary.outcomes:
+        if outcome.status == "protected":
+            notes = f"  ({'; '.join(outcome.notes)})" if outcome.notes else ""
+            print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}  "
+                  f"objective {outcome.objective_first:.4f} -> {outcome.objective_last:.4f}{notes}")  # fmt: skip
+        elif outcome.status == "skipped":
+            print(f"skipped    {outcome.output}  (already protected with these settings)")
+    print(optout_line(report["optout"]))
+    totals = report["totals"]
+    print(f"{totals['protected']} protected, {totals['skipped']} skipped, {totals['failed']} failed "
+          f"in {totals['seconds']:.1f} s; summary: {summary_path}")  # fmt: skip
 
 
 def _method_docs() -> list[tuple[str, str]]:
