@@ -36,14 +36,15 @@ FLAGS = {
     "forge": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--always-cpu",
               "--no-download-sd-model", "--api"],
 }
-#: A1111 on a CPU runs in fp32 (`--no-half`) unless a run asks for what it does on a GPU: `--no-half-vae` keeps only the
-#: VAE in fp32, so the UNet is held in fp16 (`model.half()`); Forge's own flag is `--unet-in-fp16`
-HALF_UNET = {"a1111": "--no-half-vae", "forge": "--unet-in-fp16"}
+#: the UNet held in fp16 as on GPUs. A1111 on a CPU runs in fp32 (`--no-half`) unless a run asks for this: `--no-half-vae`
+#: keeps only the VAE in fp32 and the UNet is `model.half()`ed; `--precision full` because A1111's half-precision autocast
+#: asks CUDA for its device (a CPU-only torch fails: "Stable diffusion model failed to load"). Forge: `--unet-in-fp16`
+HALF_UNET = {"a1111": ("--no-half-vae", "--precision", "full"), "forge": ("--unet-in-fp16",)}
 
 
 def webui_flags(kind: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
     flags = [*FLAGS[kind], *extra_flags]
-    if kind == "a1111" and HALF_UNET["a1111"] not in extra_flags:
+    if kind == "a1111" and "--no-half-vae" not in extra_flags:
         flags.insert(flags.index("--use-cpu") + 2, "--no-half")
     return flags
 
@@ -130,12 +131,27 @@ class WebUIServer:
                 raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{self.log_text()[-6000:]}")
             try:
                 self.get("/sdapi/v1/options")
-                self.started_seconds = round(time.perf_counter() - start, 1)
-                return self
             except OSError:
                 time.sleep(2)
+                continue
+            if self.kind == "a1111":  # A1111 loads the checkpoint in a thread after the server answers
+                self.wait_for_model(deadline)
+            self.started_seconds = round(time.perf_counter() - start, 1)
+            return self
         self.__exit__()
         raise TimeoutError(f"{self.kind} did not answer in time:\n{self.log_text()[-6000:]}")
+
+    def wait_for_model(self, deadline: float) -> None:
+        while time.time() < deadline:
+            log = self.log_text()
+            if "Model loaded in" in log:
+                return
+            if "failed to load" in log:
+                self.__exit__()
+                raise RuntimeError(f"{self.kind} could not load the checkpoint:\n{log[-6000:]}")
+            time.sleep(2)
+        self.__exit__()
+        raise TimeoutError(f"{self.kind} did not load the checkpoint in time:\n{self.log_text()[-6000:]}")
 
     def __exit__(self, *exc):
         if self.process.poll() is None:
@@ -308,7 +324,7 @@ def main(argv=None) -> int:
     report["protect"].pop("named_endpoints", None)
     report["webui_commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     report["webui_python_versions"] = {k: v for k, v in host_versions(python).items() if k in ("torch", "gradio", "numpy", "pillow", "diffusers")}
-    out = ROOT / "benchmarks" / "hosts" / f"{kind}{''.join(f.replace('--', '-') for f in extra_flags)}-cpu.json"
+    out = ROOT / "benchmarks" / "hosts" / f"{'-'.join([kind, *(f.strip('-') for f in extra_flags)])}-cpu.json"
     write_artefact(out, shlex.join(["python", "tests/a1111/real_webui.py", kind, "WEBUI_ROOT", "WEBUI_PYTHON", *extra_flags]), "cpu", report)
     print(json.dumps(report, indent=1))
     print(f"wrote {out}")

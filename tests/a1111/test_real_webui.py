@@ -24,7 +24,7 @@ HOSTS = {"a1111": ("A1111_ROOT", "A1111_PYTHON"), "forge": ("FORGE_ROOT", "FORGE
 
 
 #: the web UI's own precision flags hold the UNet in fp16 as GPU users run it, also on a CPU (real_webui.HALF_UNET)
-RUNS = [("a1111", ()), ("a1111", ("--no-half-vae",)), ("forge", ()), ("forge", ("--unet-in-fp16",))]
+RUNS = [("a1111", ()), ("a1111", ("--no-half-vae", "--precision", "full")), ("forge", ()), ("forge", ("--unet-in-fp16",))]
 
 
 @pytest.mark.parametrize(("kind", "extra_flags"), RUNS, ids=["a1111", "a1111-fp16-unet", "forge", "forge-fp16-unet"])
@@ -39,7 +39,8 @@ def test_tab_loads_and_protects_inside_the_real_webui(kind, extra_flags, tmp_pat
     print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
     assert not report["host_packages_changed"], f"install.py changed the web UI's packages: {report['host_packages_changed']}"
     assert not report["log_errors"], report["log_errors"]
-    if "--unet-in-fp16" in extra_flags:  # the flag reached the loaded UNet (its weights are stored in fp16)
+    half = set(real.HALF_UNET[kind]) <= set(extra_flags)
+    if kind == "forge" and half:  # the flag reached the loaded UNet (its weights are stored in fp16)
         assert report["unet_dtypes"] and all("'storage_dtype': torch.float16" in line for line in report["unet_dtypes"]), report["unet_dtypes"]
     assert {"unlearnable_protect_run", "unlearnable_mark_run", "unlearnable_verify_run", "unlearnable_lora_run"} <= set(report["tab_elements"])
     assert {f"setting_unlearnable_{k}" for k in ("method", "budget", "steps", "outdir")} <= set(report["settings_elements"])
@@ -52,5 +53,4 @@ def test_tab_loads_and_protects_inside_the_real_webui(kind, extra_flags, tmp_pat
     assert "Demo model" not in protect["status"] and "1 protected" in protect["status"]
     assert (tmp_path / f"{kind}-tab.png").stat().st_size > 20_000
     assert report["steps_change"]["differ_fraction"] > 0.5, report["steps_change"]  # 8 PGD steps give another image than 1
-    half = real.HALF_UNET[kind] in extra_flags
     assert report["surrogate"]["host"] == kind and report["surrogate"]["denoiser_dtype"] == ("float16" if half else "float32"), report["surrogate"]
