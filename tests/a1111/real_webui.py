@@ -36,10 +36,11 @@ FLAGS = {
     "forge": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--always-cpu",
               "--no-download-sd-model", "--api"],
 }
-#: the UNet held in fp16 as on GPUs. A1111 on a CPU runs in fp32 (`--no-half`) unless a run asks for this: `--no-half-vae`
-#: keeps only the VAE in fp32 and the UNet is `model.half()`ed; `--precision full` because A1111's half-precision autocast
-#: asks CUDA for its device (a CPU-only torch fails: "Stable diffusion model failed to load"). Forge: `--unet-in-fp16`
-HALF_UNET = {"a1111": ("--no-half-vae", "--precision", "full"), "forge": ("--unet-in-fp16",)}
+#: the UNet held in fp16 as on GPUs: Forge's `--unet-in-fp16`. A1111 v1.10.1 cannot do so on a CPU: its half-precision path
+#: relies on CUDA's autocast (with `--no-half-vae` the checkpoint fails to load, "Torch not compiled with CUDA enabled"; adding
+#: `--precision full` loads it, but A1111's own txt2img then fails, "Input type (float) and bias type (c10::Half) should be the
+#: same", as ldm's UNet casts its input to float32), so A1111 runs with `--no-half` here
+HALF_UNET = {"forge": ("--unet-in-fp16",)}
 
 
 def webui_flags(kind: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
