@@ -75,7 +75,7 @@ def test_the_committed_bases_load_with_their_hashes_checked(recipe):
     assert sum(sizes) < 100 * 2**20
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @pytest.mark.skipif(not (COMMITTED.parent / "results-photo" / "results.json").exists(), reason="no committed photo results yet")
 def test_a_rerun_of_one_committed_victim_reproduces_its_logged_heldout_loss():
     """The committed base, the owner's crops and the LoRA victim's training are deterministic: the clean seed-0 LoRA

@@ -18,7 +18,7 @@ from shared_core.trace.report import write_report
 from shared_core.trace.verify import EVIDENCE, NO_EVIDENCE, diffusers_generator, verify_keys
 from shared_core.training import train_autoencoder, train_text_to_image
 
-pytestmark = pytest.mark.slow  # trains an autoencoder and two 1500-step victims: many minutes on CPU
+pytestmark = pytest.mark.acceptance  # trains an autoencoder and two 1500-step victims: about 10 minutes on 2 cores
 
 RESOLUTION = 32
 SUBJECTS = {"astronaut.png": "an astronaut", "chelsea.png": "a cat", "coffee.png": "a cup of coffee",
@@ -116,7 +116,6 @@ def test_model_trained_on_clean_data_is_not(dataset, base_pipeline, tmp_path):
     assert verification.results[0].verdict == NO_EVIDENCE, verification.summary()
 
 
-@pytest.mark.slow
 def test_one_run_flags_only_the_key_whose_marks_were_trained_on(dataset, marked_victim, tmp_path):
     """Owners A, B and C marked the same pool; the victim was trained on A's marked copy only."""
     root = dataset[2].parent
