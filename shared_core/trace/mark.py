@@ -379,10 +379,11 @@ def mark_dataset(
     key at `key_path` made with the same template, rate and seed (so a re-run is idempotent), else a
     fresh random token. `key_path` defaults to `out_dir.parent / f"{out_dir.name}.trace-key.json"`.
     `progress(done, total)` is called per file; `optout` is written into every PNG/JPEG/WebP image. With
-    `check_pool`, the template's detector is scored on the dataset's own images first (`result.pool_check`;
-    when it is not distinctive, `lookalikes` and `better_templates` say which images and what to use
-    instead); marking goes ahead either way. Raises InputFileError for a missing or empty dataset,
-    SettingsError for a bad rate, trigger or an output folder inside the dataset (or the reverse).
+    `check_pool`, the template's detector is scored on the dataset's own images first (`result.pool`: when it
+    is not distinctive, its `lookalikes` and `better_templates` say which images and what to use instead);
+    marking goes ahead either way. A given trigger the captions already contain is refused; a random one
+    is drawn until none does. Raises InputFileError for a missing or empty dataset, SettingsError for a
+    bad rate, trigger or an output folder inside the dataset (or the reverse).
     """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     rate = check_rate(rate)

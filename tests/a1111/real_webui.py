@@ -32,7 +32,7 @@ CHECKPOINT = "unlearnable-tiny-sd15.safetensors"
 #: flags per host: CPU only, no model download, no environment preparation, the HTTP API on
 FLAGS = {
     "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--use-cpu", "all",
-              "--no-download-sd-model", "--api"],
+              "--no-half", "--no-download-sd-model", "--api"],
     "forge": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check", "--always-cpu",
               "--no-download-sd-model", "--api"],
 }
@@ -41,13 +41,6 @@ FLAGS = {
 #: `--precision full` loads it, but A1111's own txt2img then fails, "Input type (float) and bias type (c10::Half) should be the
 #: same", as ldm's UNet casts its input to float32), so A1111 runs with `--no-half` here
 HALF_UNET = {"forge": ("--unet-in-fp16",)}
-
-
-def webui_flags(kind: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
-    flags = [*FLAGS[kind], *extra_flags]
-    if kind == "a1111" and "--no-half-vae" not in extra_flags:
-        flags.insert(flags.index("--use-cpu") + 2, "--no-half")
-    return flags
 
 
 #: what users leave out when they clone: nothing of it is needed inside the web UI
@@ -120,7 +113,7 @@ class WebUIServer:
         self.started_seconds: float | None = None
 
     def __enter__(self):
-        command = [self.python, "launch.py", *webui_flags(self.kind, self.extra_flags), "--data-dir", str(self.data_dir), "--port", str(self.port),
+        command = [self.python, "launch.py", *FLAGS[self.kind], *self.extra_flags, "--data-dir", str(self.data_dir), "--port", str(self.port),
                    "--ckpt", str(self.data_dir / "models" / "Stable-diffusion" / CHECKPOINT)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_CPU_THREADS": "2"}
         self._log = open(self.log_path, "w")
@@ -268,7 +261,7 @@ def run_checks(kind: str, root: Path, python: str, work: Path, shot: Path, extra
     Image.fromarray(comfy.photo_crop((64, 64))).save(image)
     report = {"host": kind, "install_py_seconds": installed["seconds"], "install_py_output": installed["output"].strip()[-500:],
               "host_packages_changed": installed["host_packages_changed"], "packages_added": installed["added"]}  # fmt: skip
-    report["flags"] = webui_flags(kind, extra_flags)
+    report["flags"] = [*FLAGS[kind], *extra_flags]
     # the tab's outputs go to <data dir>/outputs (by default they go beside the web UI's own, in the checkout's outputs/)
     (work / "config.json").write_text(json.dumps({"unlearnable_outdir": str(work / "outputs" / "unlearnable")}))
     with WebUIServer(kind, root, python, work, extra_flags) as server:
