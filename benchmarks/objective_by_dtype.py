@@ -70,8 +70,12 @@ def measure(surrogate, images: list[torch.Tensor], method: str, steps: int) -> d
     direction = 1.0 if objective.maximise else -1.0
     row = {
         "method": method, "maximise": objective.maximise,
-        "engine_objective_first": [round(v, 6) for v in result.objective_first],
-        "engine_objective_last": [round(v, 6) for v in result.objective_last],
+        "engine_objective_clean": [round(v, 6) for v in result.objective_clean],
+        "engine_objective_protected": [round(v, 6) for v in result.objective_protected],
+        # does the engine's cheap paired report give each image's sign of the 32-draw comparison?
+        "engine_sign_agrees": [bool((p - c) * (q - d) > 0) for c, p, d, q in zip(
+            result.objective_clean, result.objective_protected,
+            evaluate_objective(surrogate, objective, images, settings, draws=DRAWS), evaluate_objective(surrogate, objective, protected, settings, draws=DRAWS))],
         "objective": {k: round(v, 6) for k, v in value.items()},
         "gain_protected": round(direction * (value["protected"] - value["clean"]), 6),
         "gain_noise": round(direction * (value["noise"] - value["clean"]), 6),

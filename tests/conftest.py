@@ -84,8 +84,9 @@ def photo_batch(photos) -> torch.Tensor:
 
 def assert_optimised(surrogate, images: torch.Tensor, settings, min_changed: float = 0.5, objective_moves: bool = True):
     """N PGD steps must give another image than 1 step (a random start alone fails this), and the
-    objective must have moved the method's way on the whole batch (`objective_moves`; the web UI
-    stubs' tiny networks hardly depend on their input). Returns the N-step result."""
+    protected images' objective must differ from the clean images' the method's way on the whole
+    batch (`objective_moves`; the web UI stubs' tiny networks hardly depend on their input).
+    Returns the N-step result."""
     from dataclasses import replace
 
     from shared_core.protect import craft_perturbation, make_objective
@@ -96,8 +97,8 @@ def assert_optimised(surrogate, images: torch.Tensor, settings, min_changed: flo
     to_uint8 = lambda delta: ((images + delta).clamp(0, 1) * 255).round()  # noqa: E731
     changed = (to_uint8(result.delta) != to_uint8(start.delta)).float().mean().item()
     assert changed > min_changed, f"{settings.method}: {settings.steps} steps changed {changed:.0%} of the channels of 1 step"
-    first, last = sum(result.objective_first), sum(result.objective_last)
-    assert not objective_moves or ((last > first) if objective.maximise else (last < first)), (settings.method, first, last)
+    clean, protected = sum(result.objective_clean), sum(result.objective_protected)
+    assert not objective_moves or ((protected > clean) if objective.maximise else (protected < clean)), (settings.method, clean, protected)
     return result
 
 

@@ -26,6 +26,7 @@ class Condition:
     transfer: bool = False  # crafted on a surrogate that differs from the one the victim starts from
     steps: int | None = None  # PGD steps; None = the plan's protect_steps
     shard: int | None = None  # crafted in shards of this many images, as `protect --ray` does: an inner state sees only its shard
+    robust: tuple[str, ...] = ()  # robustness transforms the crafting optimises through (`protect --robust`)
 
     @property
     def label(self) -> str:
@@ -40,6 +41,8 @@ class Condition:
             name += f" s{self.steps}"
         if self.shard:
             name += f" shard{self.shard}"
+        if self.robust:
+            name += " robust=" + "+".join(self.robust)
         if self.countermeasure:
             name += f" +{self.countermeasure}"
         if self.transfer:
@@ -154,6 +157,11 @@ PEER = ENCODER
 DEFAULT_METHOD = {"latent models (fine-tune settings)": ENCODER.label, "pixel models (from-scratch settings)": EUDP.label}
 PHOTO_COUNTERMEASURES = ("jpeg75", "downscale", "purify")
 _MIMICRY_BUDGETS = _grid([], sweep=[NOISE, EUDP, PEER], budgets=(4.0, 16.0))
+#: block (h): the default crafted through JPEG and resizing (`protect --robust jpeg,resize`), to see whether it keeps more of
+#: its effect under the copier's JPEG 75 and 0.5x resize than the plain default (about half of it, block (e))
+ROBUST_PEER = replace(PEER, robust=("jpeg", "resize"))
+#: block (i): the field's methods new to the engine since (b), MetaCloak and SimAC, on LoRA first, then full fine-tuning
+NEWER_METHODS = [Condition("metacloak"), Condition("simac")]
 #: block (f), for `protect --ray --shard-size`: EUDP's inner state trained on shards of 8 and 4 of the 32 images instead of all of them
 SHARDED = [replace(EUDP, shard=8), replace(EUDP, shard=4)]
 
@@ -162,12 +170,15 @@ def _countered(*conditions: Condition) -> list[Condition]:
     return _grid([], countered=list(conditions), countermeasures=PHOTO_COUNTERMEASURES)
 
 
-#: (e) runs the default's (PEER's) countermeasures before the shard sizes (f), then noise's and EUDP's, then transfer (g)
+#: (e) runs the default's (PEER's) countermeasures before the shard sizes (f); then LoRA transfer (g), the robust default (h) and
+#: the newer methods on LoRA (i) come before full fine-tuning for (g) and (i) and noise's and EUDP's countermeasures
 MIMICRY_ORDER = (*[("lora", c) for c in (CLEAN, NOISE, EUDP)], *[("lora", c) for c in MIMICRY_METHODS],
                  *[("full", c) for c in (CLEAN, NOISE, EUDP, *MIMICRY_METHODS)], *[("lora", c) for c in SEARCH],
                  *[(mode, c) for c in (*_MIMICRY_BUDGETS, *_countered(CLEAN, PEER)) for mode in ("lora", "full")],
-                 *[("lora", c) for c in SHARDED], *[(mode, c) for c in _countered(NOISE, EUDP) for mode in ("lora", "full")],
-                 *[(mode, replace(c, transfer=True)) for c in (EUDP, PEER) for mode in ("lora", "full")])  # fmt: skip
+                 *[("lora", c) for c in SHARDED], *[("lora", replace(c, transfer=True)) for c in (PEER, EUDP)],
+                 *[("lora", c) for c in (ROBUST_PEER, *_countered(ROBUST_PEER))], *[("lora", c) for c in NEWER_METHODS],
+                 *[("full", replace(c, transfer=True)) for c in (PEER, EUDP)], *[("full", c) for c in NEWER_METHODS],
+                 *[(mode, c) for c in _countered(NOISE, EUDP) for mode in ("lora", "full")])  # fmt: skip
 
 FULL = Plan(
     name="full",

@@ -98,7 +98,7 @@ def prepare(condition: Condition, images: list[np.ndarray], surrogate, *, steps:
             prepared = uniform_noise(images, condition.budget, seed)
         else:
             settings = ProtectSettings(method=condition.method, budget=condition.budget, steps=steps, prompt=prompt,
-                                       timesteps=condition.timesteps, method_options=dict(condition.options), batch_size=64, seed=seed)  # fmt: skip
+                                       timesteps=condition.timesteps, method_options=dict(condition.options), robust=condition.robust, batch_size=64, seed=seed)  # fmt: skip
             shard = condition.shard or len(images)
             prepared = [out for start in range(0, len(images), shard) for out in protect_arrays(surrogate, images[start : start + shard], settings)]
     return prepared, {"seconds_per_image": (time.perf_counter() - start) / len(images), "peak_extra_mib": memory.extra_mib}

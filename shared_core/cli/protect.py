@@ -98,8 +98,10 @@ def _print_outcomes(summary, report: dict, summary_path: Path) -> None:
     for outcome in summary.outcomes:
         if outcome.status == "protected":
             notes = f"  ({'; '.join(outcome.notes)})" if outcome.notes else ""
+            clean, protected = outcome.objective_clean, outcome.objective_protected
+            change = f" ({(protected - clean) / abs(clean):+.1%} ± {outcome.objective_change_se / abs(clean):.1%})" if clean else ""
             print(f"protected  {outcome.output}  Linf={outcome.linf}  PSNR={outcome.psnr:.2f} dB  SSIM={outcome.ssim:.4f}  "
-                  f"objective {outcome.objective_first:.4f} -> {outcome.objective_last:.4f}{notes}")  # fmt: skip
+                  f"objective clean {clean:.4f} -> protected {protected:.4f}{change}{notes}")  # fmt: skip
         elif outcome.status == "skipped":
             print(f"skipped    {outcome.output}  (already protected with these settings)")
     print(optout_line(report["optout"]))

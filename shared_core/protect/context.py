@@ -62,12 +62,23 @@ class RunContext:
     deltas: list[torch.Tensor]
     bounds: list[torch.Tensor]  # [1, H, W] per-pixel budget
     batches: list[AttackContext] = field(default_factory=list)
+    #: while set (an evaluation: several draws on one pixel tensor), `encode` computes each tensor's latents once
+    reused_latents: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def crop_stack(self, arrays: list[torch.Tensor], tiles: list[tuple[int, Tile]]) -> torch.Tensor:
         return torch.stack([crop(arrays[i], tile) for i, tile in tiles]).to(self.surrogate.device)
 
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The surrogate's latents of `pixels` (once per tensor while `reused_latents` is set)."""
+        if self.reused_latents is None:
+            return self.surrogate.encode(pixels)
+        cached = self.reused_latents.get(id(pixels))
+        if cached is None or cached[0] is not pixels:
+            cached = self.reused_latents[id(pixels)] = (pixels, self.surrogate.encode(pixels))
+        return cached[1]
+
     def denoising_loss(self, pixels, conditioning, generator, weights: InnerWeights | None = None, latents=None, gradient: str = "backprop") -> torch.Tensor:
-        z0 = self.surrogate.encode(pixels) if latents is None else latents
+        z0 = self.encode(pixels) if latents is None else latents
         total = 0.0
         overrides = weights.overrides() if weights is not None else None
         loss = self.surrogate.score_distillation_loss if gradient == "sds" else self.surrogate.denoising_loss

@@ -32,11 +32,12 @@ from .transforms import RobustnessTransform
 #: called with the number of tiles that just took one PGD step; may raise to cancel
 StepCallback = Callable[[int], None]
 
-#: (t, noise) draws averaged when the objective is measured at the first and the last step. With 4,
-#: a perturbation that raised the 32-draw mean clearly still "lowered" it on some images (the
-#: effect at one timestep often has the other sign); 16 gives the right sign per image at about
-#: 10 % of a 100-step run (benchmarks/precision/objective-by-dtype.json uses 32).
-EVALUATION_DRAWS = 16
+#: (t, noise) draws averaged when the clean and the protected images are compared after the last step.
+#: Both see the same draws, so what the draws share cancels in their difference. 4 paired draws cost 8
+#: forward passes per tile, under 3 % of a 100-step run; the report carries the standard error of the
+#: difference, so a change within the draws' noise reads as such (with the tiny random-weight model's
+#: small effects, 4 draws give the 512-draw sign on about 4 images in 5, 16 draws on 24 in 25).
+EVALUATION_DRAWS = 4
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -53,8 +54,9 @@ def _image_key(image: torch.Tensor) -> str:
 class PerturbationResult:
     deltas: list[torch.Tensor]  # per image [3, H, W] on the CPU; |delta| <= budget/255, image + delta in [0, 1]
     losses: list[float]  # mean objective per step, for logs
-    objective_first: list[float]  # per image: the objective at the first step, fixed (t, noise) draws
-    objective_last: list[float]  # the same draws after the last step
+    objective_clean: list[float]  # per image, after the last step: the objective of the clean image, fixed (t, noise) draws
+    objective_protected: list[float]  # the same draws and model state, on the protected image: what protection added
+    objective_change_se: list[float]  # standard error of protected - clean over the paired draws
     moved: list[bool]  # per image: did any step change the perturbation
 
 
@@ -64,8 +66,9 @@ class AttackResult:
 
     delta: torch.Tensor  # [B, 3, H, W]
     losses: list[float]
-    objective_first: list[float]
-    objective_last: list[float]
+    objective_clean: list[float]
+    objective_protected: list[float]
+    objective_change_se: list[float]
 
 
 def _batches(images: list[torch.Tensor], tiles: list[list[Tile]], batch_size: int) -> list[list[tuple[int, Tile]]]:
@@ -122,7 +125,7 @@ def evaluate_objective(surrogate: Surrogate, objective: Objective, images: Seque
     run = _new_run(surrogate, images, settings, objective, random_start=False)
     values: dict[int, list[float]] = {}
     for ctx in run.batches:
-        _record(values, ctx, _evaluate(objective, ctx, draws))
+        _record(values, ctx, _evaluate(objective, ctx, ctx.images, draws).mean(0))
     return _per_image(values)
 
 
@@ -157,8 +160,9 @@ def craft_perturbations(
     run = _new_run(surrogate, images, settings, objective, tiles, masks, prompts, random_start=settings.random_init)
     images = run.images
     moved = [False] * len(images)
-    first: dict[int, list[float]] = {}
-    last: dict[int, list[float]] = {}
+    clean: dict[int, list[float]] = {}
+    protected: dict[int, list[float]] = {}
+    changes: dict[int, list[float]] = {}  # per image, protected - clean per tile and draw
     per_step: list[list[float]] = [[] for _ in range(settings.steps)]
     # scope "dataset": one inner state over the whole set; "batch": each batch alone, as if it were the whole set
     views = [run] if objective.scope == "dataset" else [replace(run, batches=[batch]) for batch in run.batches]
@@ -167,15 +171,18 @@ def craft_perturbations(
         for step in range(settings.steps):
             objective.before_step(view, step)
             for ctx in view.batches:
-                if step == 0:
-                    _record(first, ctx, _evaluate(objective, ctx))
                 per_step[step].append(_pgd_step(objective, ctx, step, moved))
                 if on_step is not None:
                     on_step(len(ctx.tiles))
-        for ctx in view.batches:
-            _record(last, ctx, _evaluate(objective, ctx))
-    return PerturbationResult(deltas=run.deltas, losses=[sum(v) / len(v) for v in per_step],
-                              objective_first=_per_image(first), objective_last=_per_image(last), moved=moved)  # fmt: skip
+        for ctx in view.batches:  # against the state the optimisation ended with (inner-loop methods)
+            clean_draws, protected_draws = _evaluate(objective, ctx, ctx.images), _evaluate(objective, ctx, ctx.protected())
+            _record(clean, ctx, clean_draws.mean(0))
+            _record(protected, ctx, protected_draws.mean(0))
+            for (index, _), change in zip(ctx.tiles, (protected_draws - clean_draws).T.tolist()):
+                changes.setdefault(index, []).extend(change)
+    standard_errors = [float(torch.tensor(changes[i]).std() / len(changes[i]) ** 0.5) for i in sorted(changes)]
+    return PerturbationResult(deltas=run.deltas, losses=[sum(v) / len(v) for v in per_step], objective_clean=_per_image(clean),
+                              objective_protected=_per_image(protected), objective_change_se=standard_errors, moved=moved)  # fmt: skip
 
 
 def _record(store: dict[int, list[float]], ctx: AttackContext, values: torch.Tensor) -> None:
@@ -188,17 +195,18 @@ def _per_image(store: dict[int, list[float]]) -> list[float]:
     return [sum(store[i]) / len(store[i]) for i in sorted(store)]
 
 
-def _evaluate(objective: Objective, ctx: AttackContext, draws: int = EVALUATION_DRAWS) -> torch.Tensor:
-    """The objective per tile under fixed (t, noise) draws, so the first and last values compare."""
+def _evaluate(objective: Objective, ctx: AttackContext, pixels: torch.Tensor, draws: int = EVALUATION_DRAWS) -> torch.Tensor:
+    """The objective [draws, tiles] of `pixels` (one batch's tiles) under (t, noise) draws fixed by the tiles
+    and the seed, so that the clean and the protected tiles compare draw for draw."""
     saved = ctx.generator
     ctx.generator = torch.Generator().manual_seed(derive_seed(ctx.run.settings.seed, "evaluate", *ctx.tiles))
+    ctx.run.reused_latents = {}  # the draws differ in (t, noise), not in the pixels: encode them once
     try:
         with objective.active(), torch.no_grad(), torch.autocast(**ctx.run.autocast):
-            pixels = ctx.protected()
-            total = sum(objective.loss(ctx, pixels).float() for _ in range(draws))
+            values = torch.stack([objective.loss(ctx, pixels).float() for _ in range(draws)])
     finally:
-        ctx.generator = saved
-    return (total / draws).cpu()
+        ctx.generator, ctx.run.reused_latents = saved, None
+    return values.cpu()
 
 
 def _pgd_step(objective: Objective, ctx: AttackContext, step: int, moved: list[bool]) -> float:
@@ -244,4 +252,4 @@ def craft_perturbation(
     )
     if not all(result.moved):
         raise ProtectionError(f"{settings.method}: the perturbation of image(s) {[i for i, m in enumerate(result.moved) if not m]} never moved")
-    return AttackResult(torch.stack(result.deltas), result.losses, result.objective_first, result.objective_last)
+    return AttackResult(torch.stack(result.deltas), result.losses, result.objective_clean, result.objective_protected, result.objective_change_se)

@@ -51,8 +51,9 @@ class ImageOutcome:
     psnr: float | None = None
     ssim: float | None = None
     seconds: float | None = None
-    objective_first: float | None = None  # the method's objective at the first PGD step
-    objective_last: float | None = None  # and after the last one (same draws): did it move?
+    objective_clean: float | None = None  # the method's objective on the clean image, after the last PGD step
+    objective_protected: float | None = None  # on the protected image, same draws and model state: what protection added
+    objective_change_se: float | None = None  # standard error of protected - clean over the paired draws
     notes: list[str] = field(default_factory=list)
 
     def fail(self, error: str) -> None:
@@ -304,8 +305,9 @@ def write_chunk(plan: RunPlan, chunk: list[ReadImage], result: ProtectedImages |
             continue
         outcome.notes += notes
         outcome.status = "protected"
-        outcome.objective_first = round(result.objective_first[index], 6)
-        outcome.objective_last = round(result.objective_last[index], 6)
+        outcome.objective_clean = round(result.objective_clean[index], 6)
+        outcome.objective_protected = round(result.objective_protected[index], 6)
+        outcome.objective_change_se = round(result.objective_change_se[index], 6)
         for key, value in visibility(image.loaded.rgb, published).items():
             setattr(outcome, key, value)
         own_seconds = image.read_seconds + time.perf_counter() - started

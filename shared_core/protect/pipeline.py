@@ -39,8 +39,9 @@ class ProtectedImages:
     """What `protect_images` returns: the 8-bit outputs and how the optimisation went, per image."""
 
     arrays: list[np.ndarray]
-    objective_first: list[float]  # the method's objective at the first step (fixed draws)
-    objective_last: list[float]  # the same after the last step
+    objective_clean: list[float]  # the method's objective on the clean image after the last step (fixed draws, final state)
+    objective_protected: list[float]  # the same on the protected image: what protection added
+    objective_change_se: list[float]  # standard error of protected - clean over the paired draws
     inner_movement: float | None  # relative change of an inner loop's trained state (UDP/EUDP/ASPL)
 
 
@@ -82,7 +83,7 @@ def protect_images(
         )
     arrays = [apply_perturbation(rgb, delta, settings.budget, mask) for rgb, delta, mask in zip(images, result.deltas, masks)]
     movement = objective.inner_movement() if isinstance(objective, InnerLoopObjective) else None
-    return ProtectedImages(arrays, result.objective_first, result.objective_last, movement)
+    return ProtectedImages(arrays, result.objective_clean, result.objective_protected, result.objective_change_se, movement)
 
 
 def protect_arrays(

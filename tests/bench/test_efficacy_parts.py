@@ -22,8 +22,9 @@ def test_plans_have_unique_conditions_with_a_clean_baseline_and_three_seeds():
     assert len(FULL.seeds) >= 3
     from shared_core.bench.plans import SEARCH, SHARDED
 
-    # the search and the Ray shard sizes are LoRA only
-    assert {c.label for c in FULL.lora_conditions} <= {c.label for c in (*FULL.finetune_conditions, *SEARCH, *SHARDED)}
+    # the search, the Ray shard sizes and the robust default are LoRA only
+    lora_only = {c.label for c in FULL.lora_conditions} - {c.label for c in (*FULL.finetune_conditions, *SEARCH, *SHARDED)}
+    assert lora_only and all(" robust=" in label for label in lora_only)
     budgets = {c.budget for c in FULL.finetune_conditions if c.method == "noise"}
     assert budgets == {4.0, 8.0, 16.0}
     assert {c.countermeasure for c in FULL.finetune_conditions} >= {None, "jpeg75", "downscale", "purify"}

@@ -97,7 +97,7 @@ def test_mask_limits_the_perturbation_to_the_masked_region(tiny_surrogate, photo
     result = craft_perturbation(tiny_surrogate, photo_batch, ProtectSettings(method="advdm", steps=5, budget=8), masks=masks)
     assert result.delta[..., 32:].abs().max() == 0
     assert (result.delta[..., :32] != start.delta[..., :32]).float().mean() > 0.5  # optimised, not only the random start
-    assert result.objective_last[0] > result.objective_first[0] and result.objective_last[1] > result.objective_first[1]
+    assert all(p > c for p, c in zip(result.objective_protected, result.objective_clean))
 
 
 @pytest.mark.parametrize("robust", [("jpeg",), ("resize",), ("blur",), ("jpeg", "resize", "blur")])
@@ -150,3 +150,94 @@ def test_fsgm_is_one_signed_step_of_the_whole_budget_from_the_clean_image(tiny_s
     assert torch.allclose(result.delta.abs() * inside, torch.full_like(result.delta, EPS) * inside, atol=1e-6)
     advdm = craft_perturbation(tiny_surrogate, photo_batch, ProtectSettings(method="advdm", budget=8, steps=1, step_size=8, random_init=False, seed=1))
     assert torch.equal(result.delta, advdm.delta)  # AdvDM's gradient, one step
+
+
+def test_metacloak_attacks_a_pool_of_fine_tuning_stages_in_turns(tiny_surrogate, photo_batch):
+    """The pool holds snapshots further and further along one clean fine-tune; each state takes its turn from
+    its snapshot and is unrolled on the protected images between attack steps."""
+    objective = make_objective("metacloak", {"pool_size": 3, "stage_steps": 3, "attack_steps": 2, "unroll_steps": 1})
+    turns = []
+    original = objective.before_step
+
+    def spy(run, step):
+        original(run, step)
+        turns.append((step, objective.attacked.distance(objective.start)))
+
+    objective.before_step = spy
+    result, _ = attack(tiny_surrogate, photo_batch, "metacloak", steps=9, objective=objective)
+    check_budget(photo_batch, result.delta)
+    stages = [state.distance(objective.start) for state in objective.pool]
+    assert stages[0] == 0 < stages[1] < stages[2]  # snapshots of one run: each further from the start
+    # 9 steps, 3 per state: each turn starts at its snapshot, and the unroll at its third step moves it on
+    for step, moved in turns:
+        snapshot = stages[step // 3]
+        assert (moved == pytest.approx(snapshot)) if step % 3 < 2 else (moved != pytest.approx(snapshot)), (step, moved, snapshot)
+
+
+def test_metacloak_transforms_are_random_and_can_be_turned_off(tiny_surrogate, photo_batch):
+    generator = torch.Generator().manual_seed(0)
+    large = torch.nn.functional.interpolate(photo_batch, size=512)  # the blur's sigma is the authors', given at 512 px
+    blurred = [make_objective("metacloak", {"flip": False}).transform(large, generator) for _ in range(4)]
+    assert all(not torch.allclose(out, large, atol=1e-3) for out in blurred) and len({float((out - large).abs().sum()) for out in blurred}) == 4  # a new sigma each time
+    flipped = [make_objective("metacloak", {"blur_sigma_max": 0}).transform(photo_batch, generator) for _ in range(8)]
+    assert {torch.equal(out, photo_batch.flip(-1)) for out in flipped} == {True, False}
+    assert all(torch.equal(out, photo_batch) or torch.equal(out, photo_batch.flip(-1)) for out in flipped)
+    plain = make_objective("metacloak", {"blur_sigma_max": 0, "flip": "false"})
+    assert torch.equal(plain.transform(photo_batch, generator), photo_batch)
+
+
+def test_simac_searches_each_images_sensitive_timesteps_and_its_feature_term_has_a_gradient(tiny_surrogate, photo_batch):
+    from shared_core.protect.engine import _new_run
+
+    settings = ProtectSettings(method="simac", steps=1, seed=1)
+    objective = make_objective("simac", {"keep": 700, "probes": 3, "window": 30})
+    run = _new_run(tiny_surrogate, list(photo_batch), settings, objective, random_start=True)
+    objective.setup(run)
+    kept = list(objective.allowed.values())
+    assert all(640 <= len(t) <= 700 for t in kept) and not torch.equal(kept[0], kept[1])  # per image, within one window of `keep`
+    # the removed intervals are the ones the model is least sensitive at: compare the gradient at kept and removed timesteps
+    ctx = run.batches[0]
+    removed = [torch.tensor(sorted(set(range(1000)) - set(t.tolist()))) for t in kept]
+    pick = lambda sets, k: torch.stack([s[k * len(s) // 8] for s in sets])  # noqa: E731
+    at_kept = sum(objective._sensitivity(ctx, pick(kept, k)) for k in range(8))
+    at_removed = sum(objective._sensitivity(ctx, pick(removed, k)) for k in range(8))
+    assert (at_kept > at_removed).all(), (at_kept, at_removed)
+    # every PGD draw comes from the image's own set
+    assert all(int(t) in set(kept[i].tolist()) for _ in range(20) for i, t in enumerate(objective._draw_for(ctx)))
+
+    def gradient(weight):
+        objective.feature_weight = weight
+        ctx.generator = torch.Generator().manual_seed(5)
+        pixels = (ctx.images + 4 / 255).requires_grad_(True)
+        with objective.active():
+            (grad,) = torch.autograd.grad(objective.loss(ctx, pixels).sum(), pixels)
+        return grad
+
+    assert not torch.allclose(gradient(1.0), gradient(0.0))  # a detached feature term would leave the gradient as it is
+
+
+def test_simac_finds_the_last_decoder_stage_in_diffusers_and_ldm_unets(tiny_surrogate):
+    from torch import nn
+
+    from shared_core.errors import SettingsError
+    from shared_core.protect.objectives.simac import last_decoder_convs
+
+    unet = tiny_surrogate.denoiser
+    last = len(unet.up_blocks) - 1
+    assert last_decoder_convs(unet) == [resnet.conv2 for resnet in unet.up_blocks[last].resnets]
+
+    class ResBlock(nn.Module):  # the LDM UNet's (ComfyUI, A1111, Forge): output_blocks[i][0].out_layers[3] is its second conv
+        def __init__(self):
+            super().__init__()
+            self.out_layers = nn.Sequential(nn.Identity(), nn.SiLU(), nn.Identity(), nn.Conv2d(4, 4, 3))
+
+    class DiffusionModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.output_blocks = nn.ModuleList(nn.Sequential(ResBlock()) for _ in range(12))
+
+    ldm = nn.Module()
+    ldm.diffusion_model = DiffusionModel()
+    assert last_decoder_convs(ldm) == [ldm.diffusion_model.output_blocks[i][0].out_layers[3] for i in (9, 10, 11)]
+    with pytest.raises(SettingsError, match="feature_weight=0"):
+        last_decoder_convs(nn.Sequential(nn.Conv2d(4, 4, 3)))

@@ -24,7 +24,7 @@ from shared_core.surrogates.loading import DTYPES, _denoiser_dtype
 from shared_core.surrogates.tiny import TinyLatentConfig, tiny_sd_pipeline
 
 #: "method:gradient=sds" is the method with its PGD gradient taken by score distillation
-METHODS = ["eudp", "udp", "advdm", "encoder", "mist", "aspl", "sds", "fsgm", "advdm:gradient=sds"]  # udp, eudp, aspl share advdm's sds path
+METHODS = ["eudp", "udp", "advdm", "encoder", "mist", "aspl", "sds", "fsgm", "advdm:gradient=sds", "metacloak", "simac"]  # udp, eudp, aspl share advdm's sds path
 BUDGET = 8.0
 
 
@@ -50,11 +50,15 @@ def uniform_noise(images: list[torch.Tensor], seed: int = 7) -> list[torch.Tenso
 
 def settings_for(method: str, steps: int) -> ProtectSettings:
     method, _, extra = method.partition(":")
-    options = {"inner_every": 2, "inner_steps": 2, "sign": "min" if method == "udp" else "max"} if method in ("udp", "eudp") else {"pgd_per_round": 3, "train_steps": 2} if method == "aspl" else {}
+    options = {
+        "udp": {"inner_every": 2, "inner_steps": 2, "sign": "min"}, "eudp": {"inner_every": 2, "inner_steps": 2, "sign": "max"},
+        "aspl": {"pgd_per_round": 3, "train_steps": 2}, "metacloak": {"stage_steps": 4, "attack_steps": 2},
+        "simac": {"keep": 400, "pgd_per_round": 3, "train_steps": 2},  # the search stops at 400 of 1000 timesteps: 15 rounds, not 23
+    }.get(method, {})  # fmt: skip
     # AdvDM and ASPL ascend a fixed model's loss: on a 32 px model one (t, noise) draw's gradient is
     # mostly noise, so they average four draws per step; EUDP too (with one draw its bf16 and fp16
     # victims ended 0.0002-0.001 below noise's with diffusers 0.42 / peft 0.21 / transformers 5.25)
-    draws = 4 if method in ("advdm", "aspl", "eudp", "sds", "fsgm") else 1
+    draws = 4 if method in ("advdm", "aspl", "eudp", "sds", "fsgm", "metacloak", "simac") else 1
     options.update(dict([extra.split("=")]) if extra else {})
     return ProtectSettings(method=method, budget=BUDGET, steps=steps, method_options=options, seed=3, batch_size=2, noise_samples=draws)
 
@@ -75,7 +79,7 @@ def score_distillation_move(surrogate, clean: list[torch.Tensor], pixels: list[t
     return total / draws
 
 
-@pytest.mark.slow  # 27 optimisations and 6 victim trainings; half precision is slow on a CPU
+@pytest.mark.slow  # 33 optimisations and 6 victim trainings; half precision is slow on a CPU
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("method", METHODS)
 def test_optimisation_moves_the_objective_beyond_noise(surrogates, crops, method, dtype):

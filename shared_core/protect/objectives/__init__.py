@@ -6,11 +6,13 @@ from .advdm import FSGM, AdvDM
 from .aspl import ASPL
 from .base import InnerLoopObjective, Objective
 from .encoder import EncoderAttack
+from .metacloak import MetaCloak
 from .mist import Mist
 from .sds import SDS
+from .simac import SimAC
 from .udp import EUDP, UDP
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (EUDP, UDP, AdvDM, FSGM, SDS, EncoderAttack, Mist, ASPL)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (EUDP, UDP, AdvDM, FSGM, SDS, EncoderAttack, Mist, ASPL, MetaCloak, SimAC)}
 
 
 #: what a method menu offers: "auto" (ProtectSettings' default, resolved per model by `ProtectSettings.for_model`) first
@@ -30,4 +32,4 @@ def make_objective(name: str, options: dict | None = None) -> Objective:
         raise ValueError(f"bad option for method {name!r}: {exc}. See `unlearnable methods`.") from None
 
 
-__all__ = ["ASPL", "AUTO_DESCRIPTION", "EUDP", "METHOD_CHOICES", "OBJECTIVES", "UDP", "AdvDM", "EncoderAttack", "FSGM", "InnerLoopObjective", "Mist", "Objective", "SDS", "make_objective"]
+__all__ = ["ASPL", "AUTO_DESCRIPTION", "EUDP", "METHOD_CHOICES", "OBJECTIVES", "UDP", "AdvDM", "EncoderAttack", "FSGM", "InnerLoopObjective", "MetaCloak", "Mist", "Objective", "SDS", "SimAC", "make_objective"]

@@ -47,5 +47,5 @@ class EncoderAttack(Objective):
         return self.target_latents[shape]
 
     def loss(self, ctx: AttackContext, pixels):
-        latents = ctx.run.surrogate.encode(pixels).float()
+        latents = ctx.run.encode(pixels).float()
         return (latents - self.target_latent(ctx, pixels)).pow(2).flatten(1).mean(1)

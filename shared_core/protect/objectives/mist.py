@@ -33,7 +33,7 @@ class Mist(EncoderAttack):
         self.textural_weight = float(textural_weight)
 
     def loss(self, ctx: AttackContext, pixels):
-        latents = ctx.run.surrogate.encode(pixels)
+        latents = ctx.run.encode(pixels)
         semantic = ctx.denoising_loss(pixels, latents=latents)
         textural = (latents.float() - self.target_latent(ctx, pixels)).pow(2).flatten(1).mean(1)
         return semantic - self.textural_weight * textural
