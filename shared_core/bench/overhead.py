@@ -1,16 +1,15 @@
 """`unlearnable bench overhead`: what the engine costs on top of the model's own work.
 
-Times, in one run on the same surrogate and batch, (a) whole engine runs of N PGD steps, each step
-stamped as it ends, and (b) a bare forward+backward of the same model (encode, noise, denoiser,
-loss, gradient w.r.t. the pixels), each step timed: the least any method of this family must do.
-Repeats are interleaved and medians compared, so machine noise hits both sides alike. The stamps
-split the engine's time into a cost per step (the median step) and a fixed cost per run (setting up,
-the clean-vs-protected report at the end): `overhead_ratio_per_step` compares the engine's median
-step with the bare one, and `overhead_ratio_default_steps` spreads the fixed cost over the CLI's
-default step count, which is what a user's run pays (the last line). `overhead_ratio` is the N-step
-run per step against the bare step.
-`--json FILE` also writes the figures with what backs them: the command, device, torch version,
-dtype and every raw timing (the README's figures are such files under benchmarks/overhead/).
+Times, in one run on the same surrogate and batch, engine runs of N PGD steps and, after each of
+their steps, one bare forward+backward of the same model (encode, noise, denoiser, loss, gradient
+w.r.t. the pixels): the least any method of this family must do. Engine and bare steps alternate,
+so machine noise hits both alike. Stamps as each engine step ends split a run into a cost per step
+(the median step) and a fixed cost (setting up, the clean-vs-protected report at the end):
+`overhead_ratio_per_step` compares the engine's median step with the median bare step, and
+`overhead_ratio_default_steps` (the last line) spreads the fixed cost over the CLI's default step
+count, which is what a user's run pays. `overhead_ratio` is the N-step run per step against the
+bare step. `--json FILE` also writes the figures with what backs them: the command, device, torch
+version, dtype and every raw timing (the README's figures are such files under benchmarks/overhead/).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import resource
 import shlex
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -52,20 +52,26 @@ def bare_steps(surrogate, images: torch.Tensor, conditioning, steps: int, genera
     return seconds
 
 
-def stamped_run(surrogate, images: torch.Tensor, settings: ProtectSettings) -> tuple[float, list[float]]:
-    """One `craft_perturbation` run: its whole seconds, and the seconds of each step after the first (from a
-    stamp as each step ends), so that the run splits into a cost per step and a fixed cost."""
-    stamps: list[float] = []
+def stamped_run(surrogate, images: torch.Tensor, settings: ProtectSettings, between: Callable[[], None] | None = None) -> tuple[float, list[float]]:
+    """One `craft_perturbation` run: its seconds, and the seconds of each step after the first (from stamps as
+    steps end), so that the run splits into a cost per step and a fixed cost. `between` runs after every step,
+    outside both figures (`measure` times a bare step there, so the two alternate step by step)."""
+    stamps: list[tuple[float, float]] = []  # (a step ended, the next may start)
 
     def on_step(_tiles: int) -> None:
         _sync(surrogate.device)
-        stamps.append(time.perf_counter())
+        ended = time.perf_counter()
+        if between is not None:
+            between()
+            _sync(surrogate.device)
+        stamps.append((ended, time.perf_counter()))
 
     _sync(surrogate.device)
     start = time.perf_counter()
     craft_perturbation(surrogate, images, settings, on_step=on_step)
     _sync(surrogate.device)
-    return time.perf_counter() - start, [b - a for a, b in zip(stamps, stamps[1:])]
+    paused = sum(resumed - ended for ended, resumed in stamps)
+    return time.perf_counter() - start - paused, [ended - resumed for (_, resumed), (ended, _) in zip(stamps, stamps[1:])]
 
 
 def run(model: str = "builtin:tiny", device: str = "auto", batch_size: int = 2, resolution: int | None = None,
@@ -90,9 +96,8 @@ def measure(surrogate, images: torch.Tensor, steps: int = 10, repeats: int = 5, 
     bare_steps(surrogate, images, conditioning, 2, generator)  # warm-up
     craft_perturbation(surrogate, images, ProtectSettings(method=method, steps=2))
     engine_times, engine_steps, bare_step_times = [], [], []
-    for _ in range(repeats):
-        bare_step_times += bare_steps(surrogate, images, conditioning, steps, generator)
-        seconds, step_seconds = stamped_run(surrogate, images, settings)
+    for _ in range(repeats):  # a bare step after every engine step: both see the same moment of a noisy machine
+        seconds, step_seconds = stamped_run(surrogate, images, settings, lambda: bare_step_times.extend(bare_steps(surrogate, images, conditioning, 1, generator)))
         engine_times.append(seconds / steps)
         engine_steps += step_seconds
     engine, bare = statistics.median(engine_times), statistics.median(bare_step_times)

@@ -138,6 +138,15 @@ def test_a_non_finite_objective_is_an_error_not_a_protected_image(surrogates, cr
         craft_perturbations(surrogates["fp16"], [rgb_to_tensor(crops[0])], ProtectSettings(method="advdm", steps=2), objective=Broken())
 
 
+def test_a_non_finite_gradient_of_a_finite_objective_is_an_error(surrogates, crops):
+    class Steep(type(make_objective("advdm"))):
+        def loss(self, ctx, pixels):  # 0 everywhere, but sqrt's slope at 0 is infinite
+            return (pixels - pixels.detach()).sqrt().sum(dim=(1, 2, 3))
+
+    with pytest.raises(ProtectionError, match="advdm: the gradient became nan at step 0"):
+        craft_perturbations(surrogates["fp32"], [rgb_to_tensor(crops[0])], ProtectSettings(method="advdm", steps=2), objective=Steep())
+
+
 def test_a_zero_gradient_is_an_error(surrogates, crops):
     class Constant(type(make_objective("advdm"))):
         def loss(self, ctx, pixels):
