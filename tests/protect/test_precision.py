@@ -53,7 +53,7 @@ def settings_for(method: str, steps: int) -> ProtectSettings:
     options = {
         "udp": {"inner_every": 2, "inner_steps": 2, "sign": "min"}, "eudp": {"inner_every": 2, "inner_steps": 2, "sign": "max"},
         "aspl": {"pgd_per_round": 3, "train_steps": 2}, "metacloak": {"stage_steps": 4, "attack_steps": 2},
-        "simac": {"keep": 400, "pgd_per_round": 3, "train_steps": 2},  # the search stops at 400 of 1000 timesteps: 15 rounds, not 23
+        "simac": {"keep": 600, "probes": 2, "pgd_per_round": 3, "train_steps": 2},  # a short search: 10 rounds of 2 probes, not 23 of 5
     }.get(method, {})  # fmt: skip
     # AdvDM and ASPL ascend a fixed model's loss: on a 32 px model one (t, noise) draw's gradient is
     # mostly noise, so they average four draws per step; EUDP too (with one draw its bf16 and fp16
