@@ -34,9 +34,10 @@ StepCallback = Callable[[int], None]
 
 #: (t, noise) draws averaged when the clean and the protected images are compared after the last step.
 #: Both see the same draws, so what the draws share cancels in their difference. 4 paired draws cost 8
-#: forward passes per tile, under 3 % of a 100-step run; the report carries the standard error of the
-#: difference, so a change within the draws' noise reads as such (with the tiny random-weight model's
-#: small effects, 4 draws give the 512-draw sign on about 4 images in 5, 16 draws on 24 in 25).
+#: forward passes per tile, about 2 % of a 100-step run (benchmarks/overhead/); the report carries the
+#: standard error of the difference, so a change within the draws' noise reads as such (on the tiny
+#: random-weight model's 1-2 % effects, 4 draws miss the 32-draw sign in about 1 case in 3:
+#: benchmarks/precision/objective-by-dtype.json, engine_sign_agrees).
 EVALUATION_DRAWS = 4
 
 

@@ -18,7 +18,7 @@ class ProtectSettings:
 
     Attributes:
         method: "auto" (the default: see AUTO_METHODS) or an objective name: eudp, udp, advdm,
-            fsgm, sds, encoder, mist, aspl (fsgm fixes steps=1, step_size=budget and
+            fsgm, sds, encoder, mist, aspl, metacloak, simac (fsgm fixes steps=1, step_size=budget and
             random_init=False: its definition is one signed step).
         budget: L-infinity radius in 0-255 pixel units (8 = at most 8 levels per channel).
         steps: PGD steps per image tile.
