@@ -68,10 +68,12 @@ class RunLog:
 
 
 def read_runs(path: Path, plan: Plan) -> list[dict]:
+    """The plan's logged runs: those logged under its name, or under a name of the same `log_family` where the plan has one."""
     if not path.exists():
         return []
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [run for run in runs if run.get("plan") == plan.name]
+    family = getattr(plan, "log_family", None) or (lambda name: name)
+    return [run for run in runs if family(run.get("plan", "")) == family(plan.name)]
 
 
 def save_grid(samples: list[np.ndarray], path: Path, columns: int = 10, count: int = 40) -> None:

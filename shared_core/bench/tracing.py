@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
@@ -77,6 +78,12 @@ class TracingPlan:
     @property
     def steps(self) -> int:
         return math.ceil(self.epochs * self.images / self.batch_size)
+
+    @staticmethod
+    def log_family(name: str) -> str:
+        """Plan names whose logged victims this plan reuses: a victim is defined by its rate and seed, not by how many
+        victims per rate the plan wants, so "full-victims5-..." holds the first 5 victims of "full-victims10-..."."""
+        return re.sub(r"-victims\d+", "", name)
 
     @property
     def runs(self) -> list[tuple[float, int]]:

@@ -165,3 +165,18 @@ def test_a_stopped_run_still_writes_tables_marked_partial(tmp_path, monkeypatch)
     assert "**Partial: 1 of 2 planned victims are done**" in (tmp_path / "RESULTS-tracing.md").read_text()
     assert json.loads((tmp_path / "results-tracing.json").read_text())["meta"]["victims_done"] == 1
     assert (tmp_path / "trace-rates.png").stat().st_size > 0
+
+
+def test_more_victims_per_rate_reuse_the_victims_a_smaller_run_logged(tmp_path):
+    """A victim is its (rate, seed): a 10-victim plan resumes from the 5-victim plan's log, other plans do not."""
+    from shared_core.bench.efficacy import read_runs
+    from shared_core.bench.tracing import FULL
+
+    log = tmp_path / "runs-tracing.jsonl"
+    logged = [{"id": f"tracing/rate0/seed{s}", "plan": "full-victims5-detector-fpr0.05"} for s in range(5)]
+    logged.append({"id": "tracing/rate0/seed0", "plan": "full-victims5-detector-fpr0.01"})
+    log.write_text("".join(json.dumps(run) + "\n" for run in logged))
+    ten = replace(FULL, name="full-victims10-detector-fpr0.05", victims=10)
+    assert [r["id"] for r in read_runs(log, ten)] == [f"tracing/rate0/seed{s}" for s in range(5)]
+    assert [r["plan"] for r in read_runs(log, replace(FULL, name="full-victims10-detector-fpr0.01"))] == ["full-victims5-detector-fpr0.01"]
+    assert read_runs(log, replace(FULL, name="full-epochs40-victims10-detector-fpr0.05")) == []
