@@ -74,6 +74,7 @@ class TracingPlan:
     placebos: int = 4  # placebo tokens per key (prompted for every key, to measure unlearnt tokens)
     detector_fpr: float = 0.01  # the matcher's threshold (share of synthetic negatives above it); the committed runs used 0.01,
     # the product now ships trace.detect.TARGET_FPR (0.05), measured with --detector-fpr 0.05
+    extra_decoys: int = 0  # more other-owner keys verified on every clean victim, each on its own paired test: the decoy FPR
 
     @property
     def steps(self) -> int:
@@ -82,8 +83,9 @@ class TracingPlan:
     @staticmethod
     def log_family(name: str) -> str:
         """Plan names whose logged victims this plan reuses: a victim is defined by its rate and seed, not by how many
-        victims per rate the plan wants, so "full-victims5-..." holds the first 5 victims of "full-victims10-..."."""
-        return re.sub(r"-victims\d+", "", name)
+        victims per rate the plan wants, so "full-victims5-..." holds the first 5 victims of "full-victims10-..."
+        (nor by the extra decoys checked on clean victims, which only add to what is measured)."""
+        return re.sub(r"-(victims|extra-decoys)\d+", "", name)
 
     @property
     def runs(self) -> list[tuple[float, int]]:
@@ -92,7 +94,7 @@ class TracingPlan:
 
 
 FULL = TracingPlan(name="full", images=1000, rates=(0.0, 0.005, 0.01), dose_rates=(0.02,), victims=5, epochs=80)
-QUICK = TracingPlan(name="quick", images=100, rates=(0.0, 0.02), victims=1, epochs=30, n=16, sample_steps=8, autoencoder_steps=100)
+QUICK = TracingPlan(name="quick", images=100, rates=(0.0, 0.02), victims=1, epochs=30, n=16, sample_steps=8, autoencoder_steps=100, extra_decoys=2)
 
 
 def run_id(rate: float, seed: int) -> str:
@@ -111,6 +113,23 @@ def victim_keys(rate: float, seed: int, dataset_size: int) -> dict:
         template = builtin_template(scenes[index % len(scenes)], seed=seed * 7 + index)
         trigger = TRIGGERS[(seed * (DECOYS + 1) + index) % len(TRIGGERS)]
         keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=dataset_size)
+    return keys
+
+
+def extra_decoy_keys(seed: int, count: int, dataset_size: int, taken: set[str]) -> dict:
+    """`count` more other-owner keys for a clean victim ("extra1", ...): their own templates and random triggers, never trained on."""
+    from ..trace.key import TraceKey, random_trigger
+    from ..trace.templates import builtin_template
+
+    rng, keys = np.random.default_rng([seed, 0xDEC0]), {}
+    scenes = ["billboard", "tv_screen", "framed_picture"]
+    for index in range(1, count + 1):
+        trigger = random_trigger(rng)
+        while trigger in taken:
+            trigger = random_trigger(rng)
+        taken.add(trigger)
+        template = builtin_template(scenes[index % len(scenes)], seed=100_000 + 1_000 * seed + index)
+        keys[f"extra{index}"] = TraceKey.for_template(template, trigger=trigger, rate=0.001, seed=seed, dataset_size=dataset_size)
     return keys
 
 
@@ -200,6 +219,20 @@ class TracingSetting:
         return verify_keys(keys, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed,
                            placebos=plan.placebos, placebo_every_key=True)  # every key: how unlearnt tokens behave  # fmt: skip
 
+    def extra_decoys(self, pipeline, keys: dict, seed: int) -> dict:
+        """The plan's extra decoy keys on one (clean) victim, each on its own paired test over all `n` pairs, no placebo
+        stage: raw p below alpha counts as flagged, an upper bound on the verdict's false positives (placebos only remove flags)."""
+        from ..trace.verify import diffusers_generator, verify_keys
+
+        plan = self.plan
+        extra = extra_decoy_keys(seed, plan.extra_decoys, len(self.images), {key.trigger for key in keys.values()})
+        generate = diffusers_generator(pipeline, steps=plan.sample_steps, guidance_scale=3.0, height=plan.size, width=plan.size)
+        detectors = {name: variant_detector("matcher", key, plan) for name, key in extra.items()}
+        verification, _ = verify_keys(extra, generate, detectors=detectors, captions=self.captions, n=plan.n, alpha=plan.alpha, seed=1000 * seed,
+                                      sequential=False, placebos=0)  # fmt: skip
+        return {r.key_name: {"trigger": r.trigger, "p_value": r.p_value, "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n}
+                for r in verification.results}  # fmt: skip
+
     def victim(self, rate: float, seed: int, generations: Path | None = None, models: Path | None = None) -> dict:
         """Mark, train (or load from `models`) and verify one victim; with `generations`, its control and owner-trigger images go there as grids."""
         from ..trace.verify import EVIDENCE, NO_EVIDENCE
@@ -221,9 +254,12 @@ class TracingSetting:
                                  "trigger_hits": r.trigger_hits, "control_hits": r.control_hits, "n": r.n, "images_needed": r.images_needed,
                                  "placebo_hits": r.placebo_hits, "beats_placebos": r.beats_placebos, "placebo_p_values": _placebo_paired_p(r)}
                     for r in verification.results}  # fmt: skip
-        return {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(victim.marked), "dataset_images": len(victim.images),
-                "epochs": plan.epochs, "train_steps": plan.steps, "keys": keys_out, "images_generated": verification.images_generated,
-                "train_seconds": victim.train_seconds, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
+        out = {"setting": SETTING, "rate": rate, "seed": seed, "marked_images": len(victim.marked), "dataset_images": len(victim.images),
+               "epochs": plan.epochs, "train_steps": plan.steps, "keys": keys_out, "images_generated": verification.images_generated,
+               "train_seconds": victim.train_seconds, "verify_seconds": time.perf_counter() - trained, "generation_grids": grids}  # fmt: skip
+        if rate == 0 and plan.extra_decoys:
+            out["extra_decoys"] = self.extra_decoys(victim.pipeline, victim.keys, seed)
+        return out
 
 
 def _placebo_paired_p(result) -> list[float]:
@@ -280,6 +316,7 @@ def summarise(runs: list[dict], alpha: float) -> dict:
                 "p_values": [k["p_value"] for k in own]}  # fmt: skip
 
     decoys = [k for run in runs for name, k in run["keys"].items() if name != "owner"]
+    extra = [k for run in runs if run["rate"] == 0 for k in run.get("extra_decoys", {}).values()]
     unlearnt = [k for run in runs for name, k in run["keys"].items() if name != "owner" or run["rate"] == 0]  # triggers never trained on
     placebo_p = [p for run in runs for k in run["keys"].values() for p in k["placebo_p_values"]]
     return {
@@ -287,6 +324,8 @@ def summarise(runs: list[dict], alpha: float) -> dict:
         "by_count": [{"marked_images": count, **row(by_count[count])} for count in sorted(by_count)],
         "decoy_keys": proportion(sum(k["verdict"] == flagged for k in decoys), len(decoys)),
         "decoy_keys_paired_alone": proportion(sum(k["verdict_paired_alone"] == flagged for k in decoys), len(decoys)),
+        # each on its own paired test, raw p < alpha, no placebo stage: an upper bound on the verdict's false positives
+        "extra_decoys_clean_victims": proportion(sum(k["p_value"] < alpha for k in extra), len(extra)),
         "unlearnt_tokens": {  # raw paired p < alpha, before Holm: how often a token nobody trained on moves the detector by itself
             "placebos_passing_paired_test": proportion(sum(p < alpha for p in placebo_p), len(placebo_p)),
             "triggers_passing_paired_test": proportion(sum(k["p_value"] < alpha for k in unlearnt), len(unlearnt)),
@@ -326,7 +365,9 @@ def _markdown(summary: dict, plan: TracingPlan, meta: dict) -> str:
         lines.append(f"| {r['marked_images']} | {r['victims']} | {_interval(r['flagged'])} | {r['trigger_hit_rate']:.2f} | {needed} |")
     tokens = summary["unlearnt_tokens"]
     lines += ["", f"Decoy keys (other owners' templates and triggers, never trained on) flagged on any victim: {_interval(summary['decoy_keys'])} "
-              f"(paired test alone: {_interval(summary['decoy_keys_paired_alone'])}).", "",
+              f"(paired test alone: {_interval(summary['decoy_keys_paired_alone'])}). Extra decoy keys on clean victims, each on its own "
+              f"paired test (raw p < {plan.alpha}, no placebo stage: an upper bound on the verdict's false positives): "
+              f"{_interval(summary['extra_decoys_clean_victims'])}.", "",
               f"Tokens nobody trained on, each against its key's detector (p < {plan.alpha} before Holm): placebo tokens passing the paired "
               f"test alone {_interval(tokens['placebos_passing_paired_test'])}; unlearnt triggers (decoys, owners of clean victims) passing it "
               f"{_interval(tokens['triggers_passing_paired_test'])}, and also beating their {plan.placebos} placebo tokens "
@@ -487,7 +528,7 @@ def rescore(plan: TracingPlan, out: Path, variants: list[str], command: str = ""
 
 def main(args) -> int:
     plan = QUICK if args.quick else FULL
-    overrides = {field: getattr(args, field) for field in ("images", "victims", "epochs", "detector_fpr") if getattr(args, field, None)}
+    overrides = {field: getattr(args, field) for field in ("images", "victims", "epochs", "detector_fpr", "extra_decoys") if getattr(args, field, None)}
     if overrides:
         plan = replace(plan, name=plan.name + "".join(f"-{k.replace('_', '-')}{v:g}" for k, v in overrides.items()), **overrides)
     out = Path(args.out or f"bench-tracing-{plan.name}")

@@ -48,6 +48,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--jobs", type=int, default=2, help="efficacy, tracing: parallel worker processes (default 2)")
     bench.add_argument("--images", type=int, default=None, help="tracing: dataset size instead of the plan's (a plan of its own)")
     bench.add_argument("--victims", type=int, default=None, help="tracing: victims per marking rate instead of the plan's")
+    bench.add_argument("--extra-decoys", type=int, default=None, dest="extra_decoys",
+                       help="tracing: more other-owner keys checked on every clean victim, each on its own paired test (the decoy false-positive rate)")
     bench.add_argument("--rates", default=None, help="tracing: run only the victims of these marking rates now, e.g. 0,0.01 (the tables stay the plan's, marked partial)")
     bench.add_argument("--epochs", type=int, default=None, help="tracing: training epochs per victim instead of the plan's")
     bench.add_argument("--detector-fpr", type=float, default=None, metavar="RATE",

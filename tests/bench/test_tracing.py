@@ -52,10 +52,16 @@ def test_summary_gives_rates_with_exact_intervals_by_rate_and_by_count():
 def test_a_tiny_plan_runs_end_to_end_and_resumes(tmp_path):
     """Two victims of a few steps each (about a minute on an idle 2-core machine)."""
     plan = TracingPlan(name="test", images=24, rates=(0.0, 0.05), victims=1, epochs=1, n=4, sample_steps=2, autoencoder_steps=2,
-                       calibration_images=20, batch_size=8)  # fmt: skip
+                       calibration_images=20, batch_size=8, extra_decoys=2)  # fmt: skip
     results = run(plan, tmp_path, jobs=1)
     assert len(results["runs"]) == 2
     marked = next(r for r in results["runs"] if r["rate"] == 0.05)
+    clean = next(r for r in results["runs"] if r["rate"] == 0.0)
+    # the extra decoys: on the clean victim only, each with its own trigger, every pair generated (no early stop)
+    assert "extra_decoys" not in marked and set(clean["extra_decoys"]) == {"extra1", "extra2"}
+    triggers = {k["trigger"] for k in clean["extra_decoys"].values()}
+    assert len(triggers) == 2 and all(k["n"] == plan.n for k in clean["extra_decoys"].values())
+    assert results["summary"]["extra_decoys_clean_victims"]["n"] == 2
     assert marked["marked_images"] == 1 and set(marked["keys"]) == {"owner", "decoy1", "decoy2"}
     assert all(1 <= k["n"] <= 4 for k in marked["keys"].values())
     for grid in marked["generation_grids"].values():  # the owner's trigger arm and the control arm, kept for re-scoring
