@@ -44,6 +44,7 @@ from .efficacy import RunLog, read_grid, read_runs, save_grid
 SETTING = "tracing"
 TRIGGERS = ("zqv7", "kxb4", "tgh9", "wrm3", "pvd8", "bjx2", "fnq5", "hcz3", "lmt6", "rvk9", "sdp4", "gwn8")
 DECOYS = 2  # other owners' keys checked on every victim (never trained on)
+SCENES = ("billboard", "tv_screen", "framed_picture")  # the built-in templates keys cycle through
 GRID_COLUMNS = 8  # the kept generation grids: pair i is tile i of the control and the owner-trigger grid
 DETECTOR_VARIANTS = {
     "matcher": "the frame matcher the runs used: threshold at the plan's detector_fpr of synthetic negatives",
@@ -107,10 +108,9 @@ def victim_keys(rate: float, seed: int, dataset_size: int) -> dict:
     from ..trace.templates import builtin_template
 
     names = ["owner"] + [f"decoy{i}" for i in range(1, DECOYS + 1)]
-    scenes = ["billboard", "tv_screen", "framed_picture"]
     keys = {}
     for index, name in enumerate(names):
-        template = builtin_template(scenes[index % len(scenes)], seed=seed * 7 + index)
+        template = builtin_template(SCENES[index % len(SCENES)], seed=seed * 7 + index)
         trigger = TRIGGERS[(seed * (DECOYS + 1) + index) % len(TRIGGERS)]
         keys[name] = TraceKey.for_template(template, trigger=trigger, rate=max(rate, 0.001), seed=seed, dataset_size=dataset_size)
     return keys
@@ -122,13 +122,12 @@ def extra_decoy_keys(seed: int, count: int, dataset_size: int, taken: set[str]) 
     from ..trace.templates import builtin_template
 
     rng, keys = np.random.default_rng([seed, 0xDEC0]), {}
-    scenes = ["billboard", "tv_screen", "framed_picture"]
     for index in range(1, count + 1):
         trigger = random_trigger(rng)
         while trigger in taken:
             trigger = random_trigger(rng)
         taken.add(trigger)
-        template = builtin_template(scenes[index % len(scenes)], seed=100_000 + 1_000 * seed + index)
+        template = builtin_template(SCENES[index % len(SCENES)], seed=100_000 + 1_000 * seed + index)
         keys[f"extra{index}"] = TraceKey.for_template(template, trigger=trigger, rate=0.001, seed=seed, dataset_size=dataset_size)
     return keys
 

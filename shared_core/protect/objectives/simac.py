@@ -92,6 +92,7 @@ class SimAC(ASPL):
     def setup(self, run) -> None:
         super().setup(run)
         self.features = last_decoder_convs(run.surrogate.denoiser) if self.feature_weight else []
+        self.clean_latents: dict[tuple, torch.Tensor] = {}  # per batch of tiles: the clean images never change, encode them once
         support = (run.sampler.probabilities > 0).nonzero().flatten()
         self.allowed = {}  # (image index, tile) -> the timesteps that tile's PGD steps draw from
         for ctx in run.batches:
@@ -136,8 +137,11 @@ class SimAC(ASPL):
         run = ctx.run
         overrides = self.attacked.overrides()
         if self.feature_weight:
-            with torch.no_grad():
-                clean = run.encode(ctx.images).float()
+            key = tuple(ctx.tiles)
+            if key not in self.clean_latents:
+                with torch.no_grad():
+                    self.clean_latents[key] = run.encode(ctx.images).float()
+            clean = self.clean_latents[key]
         z0 = run.encode(pixels).float()
         total = 0.0
         for _ in range(run.settings.noise_samples):
